@@ -1,0 +1,35 @@
+"""Pieces shared by the experiment configs."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def parse_args(arg: str | None) -> dict[str, str]:
+  """'protocol=paper,runlocal' -> {'protocol': 'paper', 'runlocal': ''}."""
+  out = {}
+  for part in (arg or "").split(","):
+    part = part.strip()
+    if part:
+      k, _, v = part.partition("=")
+      out[k.strip()] = v.strip()
+  return out
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.data = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict({"name": "resnet18", "width": 64, "stem": "imagenet",
+                                       "dtype": "float32"})
+  # The MUFAC original recipe (REFERENCE.md §1.4): SGD momentum 0.9, lr 0.01, ÷10 at 10 and 20.
+  c.train = ml_collections.ConfigDict({
+      "epochs": 30, "batch_size": 64, "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0,
+      "lr_boundaries": (10, 20), "lr_decay": 0.1, "augment": True, "eval_batch_size": 256})
+  # Overrides of `train` for the retrained model (MUCAC's retrained recipes differ from the original).
+  c.retrain = ml_collections.ConfigDict()
+  # Unlearning: the reference runs every method with SGD lr 0.001, no momentum, batch 64.
+  c.unlearn = ml_collections.ConfigDict({
+      "batch_size": 64, "methods": "all", "hparams": ml_collections.ConfigDict()})
+  c.eval = ml_collections.ConfigDict({"nomus_lambda": 0.5, "bootstrap": 200})
+  return c

@@ -1,0 +1,38 @@
+"""MUFAC: 8-class age classification on Korean family faces (Choi & Na 2023), 128×128.
+
+Run (after downloading custom_korean_family_dataset_resolution_128.zip and unzipping it):
+  python -m experiments.inspect_data --config=experiments/configs/mufac.py --config.data.data_dir=DIR
+  python -m experiments.benchmark --config=experiments/configs/mufac.py --config.data.data_dir=DIR \
+      --workdir=/tmp/mu_mufac
+
+Variants: ``protocol=paper`` (default; forget = the first 1,500 train rows, as the reference code,
+which shares the person F0046_D with retain: reported, not hidden) or ``protocol=identity`` (whole
+persons, 15% of train persons, seeded). ``runlocal``: 2 epochs at 32×32, small CNN (a smoke test).
+
+The recipe is the reference's (REFERENCE.md §1.4): ResNet-18 from scratch, SGD momentum 0.9,
+lr 0.01 ÷10 at epochs 10 and 20, 30 epochs, batch 64, the reference augmentation. inspect_data
+prints 10,025 / 1,539 / 1,504 train / test / unseen images. The reference's published original
+model reaches test accuracy 0.5952.
+"""
+
+from experiments.configs import common
+
+
+def get_config(arg: str | None = None):
+  args = common.parse_args(arg)
+  c = common.base_config()
+  c.data.name = "mufac"
+  c.data.data_dir = ""
+  c.data.image_size = 128
+  c.data.task = "age"
+  protocol = args.get("protocol", "paper")
+  if protocol not in ("paper", "identity"):
+    raise ValueError(f"mufac protocol must be 'paper' or 'identity', got {protocol!r}")
+  c.data.forget = {"mode": protocol, "count": None, "fraction": 0.15 if protocol == "identity" else None,
+                   "identities": (), "seed": 0, "paper_rows": 1500}
+  if "runlocal" in args:
+    c.data.image_size = 32
+    c.model.name = "small_cnn"
+    c.model.width = 8
+    c.train.epochs = 2
+  return c

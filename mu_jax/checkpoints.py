@@ -1,0 +1,189 @@
+"""The workdir layout over orbax: checkpoints that are complete or absent, and the run's record.
+
+```
+WORKDIR/config.json  manifest.json
+WORKDIR/<stage>/checkpoints/<step>/   orbax CheckpointManager (atomic: written to a temp dir, renamed)
+WORKDIR/<stage>/metrics.jsonl         one JSON object per epoch
+WORKDIR/<stage>/done.json             written last: the stage finished (wall time, examples)
+WORKDIR/<stage>/outputs/<split>.npz   per-example outputs
+```
+``stage`` is ``original``, ``retrained``, ``unlearned/<method>`` or ``sisa``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import serialization
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be restored into the expected state (another model, corrupt)."""
+
+
+class WorkdirError(RuntimeError):
+  """A workdir made by another config, or in an unusable state."""
+
+
+def stage_dir(workdir: str, stage: str) -> str:
+  return os.path.join(workdir, stage)
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Writes JSON atomically: a temp file renamed into place."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1, sort_keys=True, default=_json_default)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def _json_default(x: Any) -> Any:
+  if isinstance(x, (np.floating, np.integer)):
+    return x.item()
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  if isinstance(x, (tuple, set)):
+    return list(x)
+  raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+class Checkpointer:
+  """Saves and restores a train state (any flax struct pytree) at integer steps with orbax.
+
+  Saves are synchronous, so when :meth:`save` returns the checkpoint is complete on disk; orbax
+  writes to a temporary directory and renames it, so a crash leaves the previous checkpoint.
+  """
+
+  def __init__(self, directory: str, max_to_keep: int | None = 2):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=False)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, force: bool = True) -> None:
+    tree = jax.tree.map(np.asarray, serialization.to_state_dict(state))
+    self._manager.save(step, args=ocp.args.StandardSave(tree), force=force)
+    self._manager.wait_until_finished()
+
+  def restore(self, target: Any, step: int | None = None) -> Any:
+    """Restores ``step`` (default: the latest) into the structure of ``target``.
+
+    Raises:
+      CheckpointError: no checkpoint, or one whose tree does not match ``target`` (another model).
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    template = jax.tree.map(np.asarray, serialization.to_state_dict(target))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.StandardRestore(template))
+    except Exception as e:  # orbax raises several types for a structure mismatch
+      raise CheckpointError(f"checkpoint {self.directory}/{step} does not match the expected model "
+                            f"state (another model or config?): {str(e)[:500]}") from e
+    _check_shapes(template, restored, f"{self.directory}/{step}")
+    return serialization.from_state_dict(target, restored)
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def _check_shapes(template: Any, restored: Any, where: str) -> None:
+  flat_t = dict(jax.tree_util.tree_flatten_with_path(template)[0])
+  flat_r = dict(jax.tree_util.tree_flatten_with_path(restored)[0])
+  if flat_t.keys() != flat_r.keys():
+    missing = sorted(map(jax.tree_util.keystr, flat_t.keys() - flat_r.keys()))[:3]
+    raise CheckpointError(f"checkpoint {where} lacks {missing}: another model?")
+  for k, v in flat_t.items():
+    if np.shape(v) != np.shape(flat_r[k]):
+      raise CheckpointError(f"checkpoint {where}: {jax.tree_util.keystr(k)} has shape "
+                            f"{np.shape(flat_r[k])}, the model expects {np.shape(v)}: another model?")
+
+
+# Config sections that define what a workdir holds; the others (methods to run, evaluation knobs)
+# may change between runs on the same workdir.
+WORKDIR_KEYS = ("seed", "data", "model", "train", "retrain")
+
+
+def prepare_workdir(workdir: str, config: Mapping[str, Any], overwrite: bool = False) -> None:
+  """Creates the workdir and its config.json, or checks that an existing one matches.
+
+  Raises:
+    WorkdirError: the workdir was made with a different config and ``overwrite`` is false.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  config = json.loads(json.dumps(dict(config), default=_json_default))
+  if os.path.exists(path) and not overwrite:
+    old = read_json(path)
+    diff = [k for k in WORKDIR_KEYS if old.get(k) != config.get(k)]
+    if diff:
+      detail = "; ".join(f"{k}: {json.dumps(old.get(k))[:200]} != {json.dumps(config.get(k))[:200]}"
+                         for k in diff)
+      raise WorkdirError(f"{workdir} was made with another config ({detail}); use another "
+                         "--workdir or pass --overwrite to start it again")
+    return
+  if overwrite and os.path.exists(path):
+    import shutil
+    for name in os.listdir(workdir):
+      p = os.path.join(workdir, name)
+      shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+  write_json(path, config)
+
+
+def append_jsonl(path: str, row: Mapping[str, Any]) -> None:
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path, "a") as f:
+    f.write(json.dumps(dict(row), default=_json_default, sort_keys=True) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def truncate_jsonl(path: str, keep: Any) -> None:
+  """Keeps the rows for which ``keep(row)`` is true (after a resume, drops rows past the checkpoint)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    for r in rows:
+      if keep(r):
+        f.write(json.dumps(r, sort_keys=True) + "\n")
+  os.replace(tmp, path)
+
+
+def save_outputs(directory: str, split: str, outputs: Mapping[str, np.ndarray]) -> str:
+  """Writes ``outputs/<split>.npz`` atomically (the per-example output contract)."""
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, f"{split}.npz")
+  tmp = f"{path}.tmp.npz"
+  arrays = {k: np.asarray(v) for k, v in outputs.items()}
+  # Object arrays would need pickle to load; ids and identities are stored as fixed-width strings.
+  arrays = {k: v.astype(str) if v.dtype == object else v for k, v in arrays.items()}
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+  return path
+
+
+def load_outputs(directory: str, split: str) -> dict[str, np.ndarray]:
+  with np.load(os.path.join(directory, f"{split}.npz"), allow_pickle=False) as z:
+    return {k: z[k] for k in z.files}

@@ -1,0 +1,52 @@
+"""Builds the data set a config names (``config.data``), whatever its reader."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from mu_jax.data.splits import DataError, FaceDataset
+
+
+def _forget_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
+  f = dict(cfg.get("forget", {}))
+  return {"forget_mode": f.get("mode", "identity"), "forget_count": f.get("count"),
+          "forget_fraction": f.get("fraction"), "forget_identities": f.get("identities") or None,
+          "forget_seed": f.get("seed", 0)}
+
+
+def load_dataset(cfg: Mapping[str, Any]) -> FaceDataset:
+  """Reads the data set described by a config's ``data`` section.
+
+  Args:
+    cfg: ``config.data``: ``name`` (synthetic, mufac, mucac, identity_folder, tfds_mufac,
+      tfds_mucac), ``data_dir``, ``image_size``, ``task`` and the ``forget`` request
+      (``mode``, ``count``/``fraction``/``identities``, ``seed``; paper mode: ``paper_rows``).
+
+  Raises:
+    DataError: an unknown data set name or a missing ``data_dir``.
+  """
+  name = cfg["name"]
+  kw = _forget_kwargs(cfg)
+  forget = dict(cfg.get("forget", {}))
+  if name == "synthetic":
+    from mu_jax.data import synthetic
+    return synthetic.make_dataset(
+        num_identities=cfg["num_identities"], images_per_identity=cfg["images_per_identity"],
+        image_size=cfg["image_size"], task=cfg.get("task", "age"), seed=cfg.get("seed", 0),
+        paper_forget_rows=forget.get("paper_rows"), **kw)
+  data_dir = cfg.get("data_dir")
+  if not data_dir:
+    raise DataError(f"data set {name!r} needs --config.data.data_dir=DIR (the downloaded files)")
+  if name == "mufac":
+    from mu_jax.data import mufac
+    return mufac.read_mufac(data_dir, image_size=cfg["image_size"],
+                            paper_forget_rows=forget.get("paper_rows") or 1500, **kw)
+  if name == "mucac":
+    from mu_jax.data import mucac
+    return mucac.read_mucac(data_dir, image_size=cfg["image_size"], task=cfg.get("task", "multilabel"),
+                            **kw)
+  if name == "identity_folder":
+    from mu_jax.data import identity_folder
+    kw.pop("forget_mode")
+    return identity_folder.read_identity_folders(data_dir, image_size=cfg["image_size"], **kw)
+  raise DataError(f"unknown data set {name!r}; use synthetic, mufac, mucac or identity_folder")

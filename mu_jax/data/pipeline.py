@@ -1,0 +1,134 @@
+"""The input pipeline: seeded epochs, global batches over all devices, the reference augmentation.
+
+Images stay uint8 on the host; they become float32 NHWC in [0, 1] on the device, with no mean/std
+normalisation (as the MUFAC/MUCAC reference code does: ``ToTensor()`` only).
+
+Last-batch policy (tested):
+  * Training streams drop the last partial batch. Every step then has one shape (one trace) and
+    BatchNorm never sees a tiny batch; the order is reshuffled every epoch, so over epochs every
+    example is used. With fewer examples than a batch, the batch shrinks to the largest multiple of
+    the device count that fits (``effective_batch_size``).
+  * Evaluation pads the last batch to full size and carries a 0/1 ``mask``; padded rows are dropped
+    on the host, so every example is evaluated exactly once.
+
+Augmentation (the reference's ``RandomHorizontalFlip``, ``RandomAffine(0, shear=10, scale=(0.8, 1.2))``
+and ``ColorJitter(0.2, 0.2, 0.2)``) runs on the device inside the jitted step. Each example's random
+parameters come from ``fold_in(rng, its position in the global batch)``, so the result does not
+depend on how the batch is split over devices. Colour jitter is applied in the fixed order
+brightness, contrast, saturation (torchvision draws a random order).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mu_jax.data.splits import Examples
+
+
+def effective_batch_size(n: int, batch_size: int, n_devices: int) -> int:
+  """The training batch for a stream of ``n`` examples (see the module docstring)."""
+  if batch_size % n_devices:
+    raise ValueError(f"batch size {batch_size} is not divisible by the {n_devices} devices")
+  if n >= batch_size:
+    return batch_size
+  b = (n // n_devices) * n_devices
+  if b == 0:
+    raise ValueError(f"a stream of {n} examples cannot feed {n_devices} devices")
+  return b
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+  """The example order of one epoch: a permutation that depends only on (seed, epoch)."""
+  if not shuffle:
+    return np.arange(n)
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def train_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True
+                  ) -> list[np.ndarray]:
+  """Index arrays of the full batches of one epoch (the last partial batch dropped)."""
+  order = epoch_order(n, seed, epoch, shuffle)
+  return [order[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+
+
+def eval_batches(n: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """(index, mask) pairs covering 0..n-1 once, the last batch padded with index 0 and mask 0."""
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, min(start + batch_size, n))
+    mask = np.ones(batch_size, np.float32)
+    if len(idx) < batch_size:
+      mask[len(idx):] = 0.0
+      idx = np.concatenate([idx, np.zeros(batch_size - len(idx), np.int64)])
+    yield idx, mask
+
+
+def num_eval_batches(n: int, batch_size: int) -> int:
+  return math.ceil(n / batch_size)
+
+
+def host_batch(examples: Examples, index: np.ndarray) -> dict[str, np.ndarray]:
+  """The arrays a step consumes: uint8 images and labels."""
+  return {"image": examples.images[index], "label": examples.labels[index]}
+
+
+def to_float(images: jax.Array) -> jax.Array:
+  """uint8 [0, 255] → float32 [0, 1] (torchvision ``ToTensor``); float input passes through."""
+  if images.dtype == jnp.uint8:
+    return images.astype(jnp.float32) / 255.0
+  return images.astype(jnp.float32)
+
+
+def _bilinear(image: jax.Array, ys: jax.Array, xs: jax.Array) -> jax.Array:
+  """Samples image [H, W, C] at float coordinates; zero outside (torchvision's fill=0)."""
+  h, w = image.shape[:2]
+  y0, x0 = jnp.floor(ys), jnp.floor(xs)
+  out = 0.0
+  for dy in (0, 1):
+    for dx in (0, 1):
+      yi, xi = y0 + dy, x0 + dx
+      wgt = (1 - jnp.abs(ys - yi)) * (1 - jnp.abs(xs - xi))
+      inside = (yi >= 0) & (yi <= h - 1) & (xi >= 0) & (xi <= w - 1)
+      v = image[jnp.clip(yi, 0, h - 1).astype(jnp.int32), jnp.clip(xi, 0, w - 1).astype(jnp.int32)]
+      out = out + jnp.where(inside, wgt, 0.0)[..., None] * v
+  return out
+
+
+def _grayscale(img: jax.Array) -> jax.Array:
+  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale.
+  return (0.299 * img[..., 0] + 0.587 * img[..., 1] + 0.114 * img[..., 2])[..., None]
+
+
+def augment_one(rng: jax.Array, image: jax.Array, shear_deg: float = 10.0,
+                scale: tuple[float, float] = (0.8, 1.2), jitter: float = 0.2) -> jax.Array:
+  """The reference training augmentation of one float image [H, W, 3] in [0, 1]."""
+  k_flip, k_shear, k_scale, k_b, k_c, k_s = jax.random.split(rng, 6)
+  h, w = image.shape[:2]
+  flip = jax.random.bernoulli(k_flip)
+  image = jnp.where(flip, image[:, ::-1], image)
+  # Inverse affine map about the centre: output (x, y) samples input M^-1 (x, y), M = shear · scale.
+  sh = jnp.tan(jnp.deg2rad(jax.random.uniform(k_shear, (), minval=-shear_deg, maxval=shear_deg)))
+  s = jax.random.uniform(k_scale, (), minval=scale[0], maxval=scale[1])
+  cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+  yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) - cy, jnp.arange(w, dtype=jnp.float32) - cx,
+                        indexing="ij")
+  src_y = yy / s
+  src_x = (xx - sh * yy) / s
+  image = _bilinear(image, src_y + cy, src_x + cx)
+  b = jax.random.uniform(k_b, (), minval=1 - jitter, maxval=1 + jitter)
+  c = jax.random.uniform(k_c, (), minval=1 - jitter, maxval=1 + jitter)
+  sat = jax.random.uniform(k_s, (), minval=1 - jitter, maxval=1 + jitter)
+  image = jnp.clip(image * b, 0.0, 1.0)
+  image = jnp.clip(c * image + (1 - c) * _grayscale(image).mean(), 0.0, 1.0)
+  image = jnp.clip(sat * image + (1 - sat) * _grayscale(image), 0.0, 1.0)
+  return image
+
+
+def augment(rng: jax.Array, images: jax.Array, positions: jax.Array) -> jax.Array:
+  """Augments a batch; example i uses ``fold_in(rng, positions[i])`` (its global batch position)."""
+  keys = jax.vmap(lambda p: jax.random.fold_in(rng, p))(positions)
+  return jax.vmap(augment_one)(keys, images)

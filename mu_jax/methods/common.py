@@ -1,0 +1,121 @@
+"""Building blocks shared by the method steps: forward passes, a gradient step, optimizers."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from mu_jax import parallel
+from mu_jax.training import losses
+from mu_jax.training.state import TrainState, sgd
+
+
+def reference_sgd(lr: float = 1e-3, momentum: float = 0.0, weight_decay: float = 0.0
+                  ) -> optax.GradientTransformation:
+  """The reference's unlearning optimizer: ``optim.SGD(params, lr=0.001)`` (no momentum, no decay)."""
+  if not lr > 0:
+    raise ValueError(f"lr must be positive, got {lr}")
+  return sgd(lr, momentum, weight_decay)
+
+
+def forward(state: TrainState, params: Any, batch_stats: Any, images: jax.Array, *,
+            train: bool = True, features: bool = False) -> tuple[Any, Any]:
+  """Runs the model; in train mode returns the updated BN statistics, else the given ones.
+
+  Chaining ``batch_stats`` through several train-mode calls reproduces the reference, which calls
+  the model on the retain batch and on the forget batch one after the other in ``train()`` mode.
+  """
+  variables = {"params": params, "batch_stats": batch_stats}
+  if train:
+    out, upd = state.apply_fn(variables, images, train=True, features=features, mutable=["batch_stats"])
+    return out, upd["batch_stats"]
+  return state.apply_fn(variables, images, train=False, features=features), batch_stats
+
+
+def task_loss(logits: jax.Array, labels: jax.Array, task: str) -> jax.Array:
+  return losses.per_example_loss(logits, labels, task).mean()
+
+
+def accuracy(logits: jax.Array, labels: jax.Array, task: str) -> jax.Array:
+  return losses.per_example_correct(logits, labels, task).mean()
+
+
+def gradient_step(state: TrainState, loss_fn: Callable[[Any], tuple[jax.Array, tuple[Any, dict]]],
+                  grad_mask: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on ``loss_fn(params) -> (loss, (new_batch_stats, metrics))``.
+
+  Gradients, loss and metrics are averaged over the data-parallel axis. ``grad_mask`` (a tree of
+  0/1 like the params) zeroes the gradient of masked-out weights before the optimizer.
+  """
+  (loss, (new_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads = lax.pmean(grads, parallel.AXIS)
+  if grad_mask is not None:
+    grads = jax.tree.map(lambda g, m: g * m.astype(g.dtype), grads, grad_mask)
+  state = state.apply_gradients(grads=grads, batch_stats=new_stats)
+  return state, lax.pmean({"loss": loss, **metrics}, parallel.AXIS)
+
+
+def supervised_step(task: str, sign: float = 1.0) -> Callable[..., Any]:
+  """A step on ``sign · task loss`` of a single-stream batch (sign −1 is gradient ascent)."""
+
+  def step(state, aux, batch, rng, info):
+    del rng, info
+
+    def loss_fn(params):
+      logits, stats = forward(state, params, state.batch_stats, batch["image"])
+      loss = task_loss(logits, batch["label"], task)
+      return sign * loss, (stats, {"task_loss": loss, "accuracy": accuracy(logits, batch["label"], task)})
+
+    state, metrics = gradient_step(state, loss_fn)
+    return state, aux, metrics
+
+  return step
+
+
+def trainable_mask(params: Any, trainable: Sequence[str]) -> Any:
+  """A 0/1 tree over ``params``: 1 under the top-level names in ``trainable``, else 0."""
+  unknown = sorted(set(trainable) - set(params))
+  if unknown:
+    raise ValueError(f"no top-level parameters named {unknown}; the model has {sorted(params)}")
+  return {k: jax.tree.map(lambda x, on=(k in trainable): jnp.full(x.shape, on, jnp.float32), v)
+          for k, v in params.items()}
+
+
+def freeze_all_but(tx: optax.GradientTransformation, trainable: Sequence[str]
+                   ) -> optax.GradientTransformation:
+  """Wraps ``tx`` so only parameters under the top-level names ``trainable`` get updates.
+
+  Frozen parameters receive exactly zero updates (``optax.set_to_zero``), so they do not move by a
+  single bit, and their optimizer state is empty, as torch's SGD skips parameters with no grad.
+  """
+  def labels(params):
+    return {k: jax.tree.map(lambda _, on=(k in trainable): "train" if on else "frozen", v)
+            for k, v in params.items()}
+
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def kl_div(teacher_logits: jax.Array, student_logits: jax.Array, temperature: float, task: str
+           ) -> jax.Array:
+  """Per-example KL(teacher ‖ student) of temperature-softened outputs, times T².
+
+  Multiclass: over the softmax. Multilabel: over a softmax across the attribute logits, as the
+  MUCAC reference does for SCRUB (it applies the same DistillKL to the 3 sigmoid logits).
+  """
+  del task
+  t = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, -1)
+  s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, -1)
+  return (jnp.exp(t) * (t - s)).sum(-1) * temperature**2
+
+
+def random_wrong_labels(rng: jax.Array, labels: jax.Array, num_classes: int, task: str) -> jax.Array:
+  """Random labels: multiclass, uniform over the C−1 wrong classes; multilabel, every attribute an
+  independent fair coin (a true "wrong label" is not defined for a 0/1 attribute vector)."""
+  if task == "multiclass":
+    shift = jax.random.randint(rng, labels.shape, 1, num_classes)
+    return (labels + shift) % num_classes
+  return jax.random.bernoulli(rng, 0.5, labels.shape).astype(labels.dtype)

@@ -1,0 +1,272 @@
+"""``run``: the one loop that drives every unlearning method.
+
+It rebuilds the state with the method's optimizer, calls the method's ``init``, then walks its
+phases: each epoch feeds the phase's stream (retain, forget, train, paired or zip; last partial
+batches dropped as in :mod:`mu_jax.data.pipeline`) to the phase's step, compiled data-parallel
+once per phase and batch shape. After every epoch it logs forget/retain/test loss and accuracy to
+``metrics.jsonl`` and, given a checkpoint directory, saves state and aux with orbax, so the same
+call after an interruption resumes where it stopped and ends with the same parameters.
+
+Divergence: every step runs inside a guard that keeps the previous state when the loss or the new
+parameters are not finite and raises a ``halted`` flag; the driver stops at the end of that epoch
+and returns the last finite state with a message saying where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import serialization
+
+from mu_jax import checkpoints, parallel
+from mu_jax.data import pipeline
+from mu_jax.data.splits import Examples, FaceDataset
+from mu_jax.methods.base import Phase, Spec, Unlearner
+from mu_jax.training import evaluate, steps
+from mu_jax.training.state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """How the driver runs a method.
+
+  Attributes:
+    batch_size: global batch of every stream (the reference: 64).
+    seed: seeds data order, augmentation and the method's randomness (the reference calls
+      ``set_seed(42)`` before each method).
+    task: "multiclass" or "multilabel"; taken from the data when it is a FaceDataset.
+    log_splits: splits evaluated after every epoch.
+    eval_batch_size: batch of the evaluation passes.
+    checkpoint_dir: ``WORKDIR/unlearned/<method>``: checkpoints and metrics.jsonl (None: none).
+    progress: log every epoch at INFO level.
+  """
+
+  batch_size: int = 64
+  seed: int = 42
+  task: str | None = None
+  log_splits: tuple[str, ...] = ("forget", "retain", "test")
+  eval_batch_size: int = 256
+  checkpoint_dir: str | None = None
+  progress: bool = False
+
+  def __post_init__(self):
+    if self.batch_size <= 0:
+      raise ValueError(f"unlearn batch_size must be positive, got {self.batch_size}")
+
+
+@dataclasses.dataclass
+class RunResult:
+  """What :func:`run_detailed` returns.
+
+  Attributes:
+    state: the final state (or the last finite one), on the host.
+    aux: the method's auxiliary state at the end.
+    history: one dict per epoch (also written to metrics.jsonl).
+    halted: the loss or parameters became non-finite; ``state`` is the last finite state.
+    message: a one-line account of how the run ended.
+    wall_s: seconds spent by this call.
+    examples: examples fed to steps by this call (forget and retain counted separately).
+  """
+
+  state: TrainState
+  aux: Any
+  history: list[dict[str, Any]]
+  halted: bool
+  message: str
+  wall_s: float
+  examples: int
+
+
+def _splits(data: Any) -> Mapping[str, Examples]:
+  if isinstance(data, FaceDataset):
+    return {s: data.split(s) for s in ("retain", "forget", "test")}
+  return data
+
+
+def _stream_batches(stream: str, data: Mapping[str, Examples], batch_size: int, seed: int,
+                    epoch: int, n_dev: int, max_steps: int | None) -> list[Any]:
+  """Host batches of one epoch of ``stream``."""
+
+  def single(name: str, salt: int) -> list[dict[str, np.ndarray]]:
+    ex = data[name]
+    b = pipeline.effective_batch_size(len(ex), batch_size, n_dev)
+    order = pipeline.train_batches(len(ex), b, seed * 1000 + salt, epoch)
+    return [pipeline.host_batch(ex, idx) for idx in order]
+
+  if stream in ("retain", "forget"):
+    out = single(stream, 1 if stream == "forget" else 2)
+  elif stream == "train":
+    joined = Examples.concatenate([data["retain"], data["forget"]])
+    b = pipeline.effective_batch_size(len(joined), batch_size, n_dev)
+    out = [pipeline.host_batch(joined, idx) for idx in pipeline.train_batches(len(joined), b, seed * 1000 + 3, epoch)]
+  else:
+    f, r = single("forget", 1), single("retain", 2)
+    n = max(len(f), len(r)) if stream == "paired" else min(len(f), len(r))
+    out = [{"forget": f[i % len(f)], "retain": r[i % len(r)]} for i in range(n)]
+  return out[:max_steps] if max_steps is not None else out
+
+
+def _count(batch: Any) -> int:
+  return sum(len(x["label"]) for x in ([batch["forget"], batch["retain"]] if "forget" in batch else [batch]))
+
+
+def _all_finite(tree: Any) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def guarded(step, augment: bool):
+  """Wraps a method step: float/augmented images in, the previous state kept on a non-finite loss."""
+
+  def prep(batch, rng, salt):
+    images = pipeline.to_float(batch["image"])
+    if augment:
+      images = pipeline.augment(jax.random.fold_in(rng, salt), images,
+                                parallel.global_index(images.shape[0]))
+    return {**batch, "image": images}
+
+  def wrapped(state, aux, batch, rng, info, halted):
+    aug_rng, step_rng = jax.random.split(rng)
+    if "forget" in batch:
+      batch = {"forget": prep(batch["forget"], aug_rng, 0), "retain": prep(batch["retain"], aug_rng, 1)}
+    else:
+      batch = prep(batch, aug_rng, 0)
+    new_state, new_aux, metrics = step(state, aux, batch, step_rng, info)
+    finite = jnp.isfinite(metrics["loss"]) & _all_finite(new_state.params)
+    ok = finite & ~halted
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+    return keep(new_state, state), keep(new_aux, aux), metrics, halted | ~finite
+
+  return wrapped
+
+
+@functools.lru_cache(maxsize=256)
+def _compile_phase(step, augment: bool):
+  R, S = parallel.REPLICATED, parallel.SHARDED
+  return parallel.data_parallel(guarded(step, augment), in_specs=(R, R, S, R, R, R),
+                                out_specs=(R, R, R, R))
+
+
+def spec_for(state: TrainState, data: Mapping[str, Examples], task: str) -> Spec:
+  model = getattr(state.apply_fn, "__self__", None)
+  if model is None:
+    raise ValueError("state.apply_fn must be a flax module's apply (model.apply)")
+  n_cls = state.params["fc"]["Dense_0"]["bias"].shape[-1]
+  return Spec(model=model, task=task, num_classes=int(n_cls),
+              image_shape=tuple(data["retain"].images.shape[1:]))
+
+
+def run_detailed(unlearner: Unlearner, state: TrainState, data: Any,
+                 config: RunConfig | None = None) -> RunResult:
+  """Runs ``unlearner`` from ``state`` (the original model) on ``data``.
+
+  Args:
+    unlearner: a method, e.g. ``mu_jax.methods.scrub()``.
+    state: the model to unlearn from (its optimizer is replaced by the method's).
+    data: a :class:`FaceDataset`, or a mapping with ``retain`` and ``forget`` (and ``test`` for
+      logging) :class:`Examples`.
+    config: batch size, seed, task, logging and checkpointing.
+
+  Returns:
+    A :class:`RunResult`.
+
+  Raises:
+    MethodNotApplicable: the method does not apply to the task.
+    ValueError: the data lack a split a phase needs.
+  """
+  config = config or RunConfig()
+  task = data.task if isinstance(data, FaceDataset) else config.task
+  if task is None:
+    raise ValueError("RunConfig.task is required when data is not a FaceDataset")
+  data = _splits(data)
+  for name in ("retain", "forget"):
+    if name not in data or len(data[name]) == 0:
+      raise ValueError(f"unlearning needs a non-empty {name!r} split")
+  unlearner.check_task(task)
+  state = jax.tree.map(np.asarray, state)
+  spec = spec_for(state, data, task)
+  rng = jax.random.key(config.seed)
+  tx = unlearner.optimizer
+  state = state.replace(tx=tx, opt_state=tx.init(state.params), step=jnp.zeros((), jnp.int32))
+  state, aux = unlearner.init(state, jax.random.fold_in(rng, 0), spec)
+  phases = list(unlearner.phases(spec))
+  epochs = [(p, e) for p in phases for e in range(p.epochs)]
+  n_dev = parallel.num_devices()
+  total_steps = sum(len(_stream_batches(p.stream, data, config.batch_size, config.seed, 0, n_dev,
+                                        p.max_steps)) * p.epochs for p in phases)
+  halted = jnp.bool_(False)
+  start = 0
+  ckpt = metrics_path = None
+  if config.checkpoint_dir:
+    ckpt = checkpoints.Checkpointer(os.path.join(config.checkpoint_dir, "checkpoints"))
+    metrics_path = os.path.join(config.checkpoint_dir, "metrics.jsonl")
+    if ckpt.latest_step() is not None:
+      restored = ckpt.restore({"state": state, "aux": aux, "halted": np.bool_(False)})
+      state, aux, halted, start = restored["state"], restored["aux"], jnp.asarray(restored["halted"]), ckpt.latest_step()
+      logging.info("%s: resuming after epoch %d of %d", unlearner.name, start, len(epochs))
+    checkpoints.truncate_jsonl(metrics_path, lambda r: r.get("epoch_index", 0) <= start)
+  state, aux, halted = parallel.replicate((state, aux, halted))
+  history: list[dict[str, Any]] = []
+  t0, seen, done_steps = time.time(), 0, 0
+  message = f"{unlearner.name}: finished {len(epochs)} epochs"
+  if bool(halted):  # a resumed run that had already diverged: nothing more to do
+    epochs = []
+    message = f"{unlearner.name}: the checkpointed run had stopped on a non-finite loss"
+  for k, (phase, e) in enumerate(epochs):
+    batches = _stream_batches(phase.stream, data, config.batch_size, config.seed, k, n_dev, phase.max_steps)
+    if k < start:
+      done_steps += len(batches)
+      continue
+    fn = _compile_phase(phase.step, phase.augment)
+    sums: dict[str, jax.Array] = {}
+    for i, b in enumerate(batches):
+      info = {"progress": jnp.float32(done_steps / max(total_steps, 1)), "epoch": jnp.int32(k)}
+      state, aux, m, halted = fn(state, aux, parallel.shard(b), jax.random.fold_in(jax.random.fold_in(rng, 1 + k), i),
+                                 info, halted)
+      sums = {n: sums.get(n, 0.0) + v for n, v in m.items()}
+      seen += _count(b)
+      done_steps += 1
+    if phase.after is not None and e == phase.epochs - 1:
+      state, aux = jax.jit(phase.after)(state, aux)
+    row = {"epoch_index": k + 1, "phase": phase.name, "phase_epoch": e + 1, "steps": len(batches),
+           **{f"train_{n}": float(v) / max(len(batches), 1) for n, v in sums.items()},
+           "wall_s": round(time.time() - t0, 3)}
+    for name in config.log_splits:
+      if name in data and len(data[name]):
+        s = evaluate.summarize(evaluate.predict(state, data[name], task=task,
+                                                batch_size=config.eval_batch_size), task)
+        row[f"{name}_loss"], row[f"{name}_accuracy"] = s["loss"], s["accuracy"]
+    is_halted = bool(halted)
+    row["halted"] = is_halted
+    history.append(row)
+    if metrics_path:
+      checkpoints.append_jsonl(metrics_path, row)
+    if ckpt:
+      ckpt.save(k + 1, {"state": parallel.to_host(state), "aux": parallel.to_host(aux),
+                        "halted": np.bool_(is_halted)})
+    if config.progress:
+      logging.info("%s %s", unlearner.name, row)
+    if is_halted:
+      message = (f"{unlearner.name}: the loss became non-finite in phase {phase.name!r} "
+                 f"(epoch {e + 1}); stopped and returned the last finite state")
+      logging.warning(message)
+      break
+  if ckpt:
+    ckpt.close()
+  return RunResult(parallel.to_host(state), parallel.to_host(aux), history, bool(halted), message,
+                   time.time() - t0, seen)
+
+
+def run(unlearner: Unlearner, state: TrainState, data: Any, config: RunConfig | None = None
+        ) -> TrainState:
+  """Runs a method and returns the unlearned state (see :func:`run_detailed`)."""
+  return run_detailed(unlearner, state, data, config).state

@@ -1,0 +1,1 @@
+"""Face retrieval: embedding models, retrieval metrics, identity unlearning."""

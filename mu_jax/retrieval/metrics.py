@@ -1,0 +1,304 @@
+"""Face-retrieval metrics on the host, from embeddings and identities.
+
+Identity unlearning for retrieval (REFERENCE.md §3, §7.7) asks two things of a model: images of a
+forgotten person should no longer find each other, and everyone else should still be found. The
+numbers here measure both from embeddings that the device code computed:
+
+- :func:`retrieval_metrics`: mAP over all gallery positives and Rank-1, cosine similarity;
+- :func:`compactness`: how tightly each identity clusters around its centroid (our definition of the
+  dispersion paper's "Cluster Compactness Score", which is UNVERIFIED against the paper, §3);
+- :func:`tar_at_far`: verification TAR at a fixed FAR over all pairs;
+- :func:`identifiability`: how often the nearest gallery image shows the same person;
+- :func:`evaluate_retrieval`: all of them for a forget/retain identity split, with the key names of
+  DESIGN.md ("Result files").
+
+Embeddings are ℓ2-normalised here again (cosine similarity is the dot product of unit vectors), so
+un-normalised inputs give the same numbers; a zero embedding is refused. Ties in similarity are
+broken by gallery order (a stable sort), which makes every number deterministic.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+from mu_jax.evaluation.attacks import tpr_at_fpr
+
+# Queries are scored this many at a time, so the similarity matrix never needs Q×G memory at once.
+_QUERY_CHUNK = 128
+
+
+def _unit(emb, name: str) -> np.ndarray:
+  """Returns the rows of ``emb`` scaled to unit length (float64); refuses zero or non-finite rows."""
+  x = np.asarray(emb, dtype=np.float64)
+  if x.ndim != 2:
+    raise ValueError(f"{name} must be [N, D] embeddings, got shape {x.shape}")
+  if not np.all(np.isfinite(x)):
+    raise ValueError(f"{name} holds non-finite values (nan or inf)")
+  norms = np.linalg.norm(x, axis=1, keepdims=True)
+  if np.any(norms == 0):
+    raise ValueError(f"{name} has {int(np.sum(norms == 0))} zero embeddings: cosine similarity is "
+                     "undefined for them")
+  return x / norms
+
+
+def _ids(ids, n: int, name: str) -> np.ndarray:
+  y = np.asarray(ids)
+  if y.shape != (n,):
+    raise ValueError(f"{name} must have shape ({n},) to match the embeddings, got {y.shape}")
+  return y
+
+
+def _codes(*id_arrays: np.ndarray) -> list[np.ndarray]:
+  """Maps identities (strings or numbers) to shared integer codes, so comparisons are cheap."""
+  _, inverse = np.unique(np.concatenate(id_arrays), return_inverse=True)
+  out, start = [], 0
+  for a in id_arrays:
+    out.append(inverse[start:start + len(a)].reshape(-1))
+    start += len(a)
+  return out
+
+
+def gallery_query_split(identities, n_query_per_identity: int = 1,
+                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Splits images into queries and gallery, per identity.
+
+  Each identity with at least two images gives min(``n_query_per_identity``, images − 1) randomly
+  chosen query images; the rest go to the gallery, so every query has at least one positive in the
+  gallery. Identities with a single image are gallery-only: they cannot be queried, but they still
+  act as distractors for everyone else's queries.
+
+  Args:
+    identities: [N] identity of each image.
+    n_query_per_identity: queries per identity (at least 1).
+    seed: seed of the choice.
+
+  Returns:
+    ``(query_index, gallery_index)``: sorted int64 indices into ``identities``, disjoint, covering
+    all N images.
+  """
+  if n_query_per_identity < 1:
+    raise ValueError(f"n_query_per_identity must be >= 1, got {n_query_per_identity}")
+  ids = np.asarray(identities)
+  if ids.ndim != 1:
+    raise ValueError(f"identities must be a vector, got shape {ids.shape}")
+  rng = np.random.default_rng(seed)
+  (codes,) = _codes(ids)
+  # Image indices grouped by identity, each group in image order.
+  groups = np.split(np.argsort(codes, kind="stable"), np.cumsum(np.bincount(codes))[:-1])
+  is_query = np.zeros(len(ids), dtype=bool)
+  for members in groups:
+    if len(members) >= 2:
+      k = min(n_query_per_identity, len(members) - 1)
+      is_query[rng.choice(members, size=k, replace=False)] = True
+  return np.nonzero(is_query)[0], np.nonzero(~is_query)[0]
+
+
+def _ranked_relevance(q: np.ndarray, q_codes: np.ndarray, g: np.ndarray, g_codes: np.ndarray):
+  """Yields, per chunk of queries, a bool matrix: is the gallery item at each rank a positive."""
+  for s in range(0, len(q), _QUERY_CHUNK):
+    sims = q[s:s + _QUERY_CHUNK] @ g.T
+    order = np.argsort(-sims, axis=1, kind="stable")
+    yield g_codes[order] == q_codes[s:s + _QUERY_CHUNK, None]
+
+
+def retrieval_metrics(query_emb, query_ids, gallery_emb, gallery_ids) -> dict:
+  """mAP and Rank-1 of cosine-similarity retrieval.
+
+  For each query the gallery is ranked by cosine similarity. Its average precision is the mean, over
+  every gallery positive (same identity), of the precision at that positive's rank (mAP@all). A query
+  with no positive in the gallery has no defined AP: it is left out of both mAP and Rank-1 and
+  counted in ``n_queries_without_positive``.
+
+  Args:
+    query_emb: [Q, D] query embeddings.
+    query_ids: [Q] their identities.
+    gallery_emb: [G, D] gallery embeddings (queries must not be in the gallery).
+    gallery_ids: [G] their identities.
+
+  Returns:
+    ``{"map", "rank1", "n_queries" (scored), "n_queries_without_positive"}``; map and rank1 are nan
+    when no query has a positive.
+  """
+  q = _unit(query_emb, "query_emb")
+  g = _unit(gallery_emb, "gallery_emb")
+  if len(q) == 0 or len(g) == 0:
+    raise ValueError(f"need at least one query and one gallery image, got {len(q)} and {len(g)}")
+  if q.shape[1] != g.shape[1]:
+    raise ValueError(f"query_emb has dimension {q.shape[1]} but gallery_emb has {g.shape[1]}")
+  q_codes, g_codes = _codes(_ids(query_ids, len(q), "query_ids"), _ids(gallery_ids, len(g), "gallery_ids"))
+  ranks = np.arange(1, len(g) + 1)
+  aps, top1 = [], []
+  for rel in _ranked_relevance(q, q_codes, g, g_codes):
+    n_rel = rel.sum(axis=1)
+    precision = np.cumsum(rel, axis=1) / ranks
+    ap = np.sum(precision * rel, axis=1) / np.maximum(n_rel, 1)
+    keep = n_rel > 0
+    aps.append(ap[keep])
+    top1.append(rel[keep, 0])
+  aps_all, top1_all = np.concatenate(aps), np.concatenate(top1)
+  n = len(aps_all)
+  return {
+      "map": float(np.mean(aps_all)) if n else float("nan"),
+      "rank1": float(np.mean(top1_all)) if n else float("nan"),
+      "n_queries": int(n),
+      "n_queries_without_positive": int(len(q) - n),
+  }
+
+
+def identifiability(query_emb, query_ids, gallery_emb, gallery_ids) -> float:
+  """Fraction of queries whose nearest gallery image shows the same person.
+
+  Unlike Rank-1 in :func:`retrieval_metrics`, every query counts: a query whose identity has no image
+  in the gallery cannot be identified and counts as not identified. Queries are not in the gallery,
+  so a query never matches itself.
+
+  Args:
+    query_emb: [Q, D] query embeddings.
+    query_ids: [Q] their identities.
+    gallery_emb: [G, D] gallery embeddings.
+    gallery_ids: [G] their identities.
+
+  Returns:
+    The fraction in [0, 1].
+  """
+  q = _unit(query_emb, "query_emb")
+  g = _unit(gallery_emb, "gallery_emb")
+  if len(q) == 0 or len(g) == 0:
+    raise ValueError(f"need at least one query and one gallery image, got {len(q)} and {len(g)}")
+  if q.shape[1] != g.shape[1]:
+    raise ValueError(f"query_emb has dimension {q.shape[1]} but gallery_emb has {g.shape[1]}")
+  q_codes, g_codes = _codes(_ids(query_ids, len(q), "query_ids"), _ids(gallery_ids, len(g), "gallery_ids"))
+  hits = [rel[:, 0] for rel in _ranked_relevance(q, q_codes, g, g_codes)]
+  return float(np.mean(np.concatenate(hits)))
+
+
+def compactness(emb, ids) -> float:
+  """Mean cosine similarity of each embedding to its identity's normalised centroid.
+
+  1 means every identity collapses to a point; dispersing an identity over the sphere drives its
+  value toward 0. Identities with a single image are left out (their cosine to their own centroid is
+  1 by construction and says nothing about clustering). If an identity's embeddings cancel exactly
+  (zero centroid), its cosines count as 0: the cluster has no direction left.
+
+  Args:
+    emb: [N, D] embeddings.
+    ids: [N] identities.
+
+  Returns:
+    The mean over the images of identities with at least two images; nan when there are none.
+  """
+  x = _unit(emb, "emb")
+  if len(x) == 0:
+    return float("nan")
+  (codes,) = _codes(_ids(ids, len(x), "ids"))
+  k = codes.max() + 1
+  counts = np.bincount(codes, minlength=k)
+  sums = np.zeros((k, x.shape[1]))
+  np.add.at(sums, codes, x)
+  norms = np.linalg.norm(sums, axis=1, keepdims=True)
+  # Relative tolerance: a centroid this much shorter than its members is rounding noise, not a direction.
+  zero = norms[:, 0] <= 1e-12 * counts
+  centroids = np.where(zero[:, None], 0.0, sums / np.where(norms > 0, norms, 1.0))
+  cos = np.sum(x * centroids[codes], axis=1)
+  keep = counts[codes] >= 2
+  return float(np.mean(cos[keep])) if np.any(keep) else float("nan")
+
+
+def tar_at_far(emb, ids, far: float = 1e-3) -> float:
+  """Verification true-accept rate at a false-accept rate, over all pairs of images.
+
+  Every unordered pair (i < j) is scored by cosine similarity; genuine pairs share an identity,
+  impostor pairs do not. The threshold follows the convention of
+  :func:`mu_jax.evaluation.attacks.tpr_at_fpr`: the largest TAR over thresholds whose FAR (fraction
+  of impostor pairs accepted, score ≥ threshold) is at most ``far``. Memory grows with N²/2 scores, so
+  subsample large sets first (:func:`evaluate_retrieval` does).
+
+  Args:
+    emb: [N, D] embeddings.
+    ids: [N] identities.
+    far: the target false-accept rate in [0, 1].
+
+  Returns:
+    The TAR in [0, 1].
+  """
+  x = _unit(emb, "emb")
+  (codes,) = _codes(_ids(ids, len(x), "ids"))
+  genuine, impostor = [], []
+  for s in range(0, len(x), _QUERY_CHUNK):
+    sims = x[s:s + _QUERY_CHUNK] @ x.T
+    rows = np.arange(s, min(s + _QUERY_CHUNK, len(x)))
+    upper = np.arange(len(x))[None, :] > rows[:, None]
+    same = codes[rows][:, None] == codes[None, :]
+    genuine.append(sims[upper & same])
+    impostor.append(sims[upper & ~same])
+  genuine_all, impostor_all = np.concatenate(genuine), np.concatenate(impostor)
+  if len(genuine_all) == 0 or len(impostor_all) == 0:
+    raise ValueError(f"tar_at_far needs genuine and impostor pairs, got {len(genuine_all)} and "
+                     f"{len(impostor_all)}: give at least two images of one identity and two identities")
+  return tpr_at_fpr(genuine_all, impostor_all, far)
+
+
+def evaluate_retrieval(emb, ids, forget_identities: Iterable, seed: int = 0,
+                       tar_max_examples: int = 4000) -> dict:
+  """Retrieval report of an identity-unlearning run.
+
+  One query per identity (:func:`gallery_query_split` with ``seed``); the gallery is every gallery
+  image of every identity, forget and retain together, so a forgotten person's query competes with
+  everyone. Forget metrics use the queries of forgotten identities, retain metrics the others.
+
+  Args:
+    emb: [N, D] embeddings of every evaluation image.
+    ids: [N] identities.
+    forget_identities: the forgotten identities (each must occur in ``ids``); may be empty.
+    seed: seed of the query choice and of the TAR subsample.
+    tar_max_examples: at most this many retain images (drawn uniformly with ``seed``) enter the
+      all-pairs TAR@FAR, whose memory grows quadratically.
+
+  Returns:
+    ``{"forget_map", "forget_rank1", "retain_map", "retain_rank1", "forget_compactness",
+    "retain_compactness", "identifiability" (of forget-identity queries), "retain_tar_at_far_1e-3",
+    "n_forget_queries", "n_retain_queries"}``; a value is nan when its set is empty.
+  """
+  x = np.asarray(emb, dtype=np.float64)
+  y = _ids(ids, len(x), "ids")
+  forget = list(dict.fromkeys(forget_identities))
+  present = set(y.tolist())
+  missing = [f for f in forget if f not in present]
+  if missing:
+    raise ValueError(f"forget_identities names identities that are not in ids: {missing[:5]} "
+                     f"({len(missing)} in all; check that both use the same type)")
+  forget_set = set(forget)
+  is_forget = np.array([v in forget_set for v in y.tolist()], dtype=bool)
+  query, gallery = gallery_query_split(y, 1, seed)
+  forget_q, retain_q = query[is_forget[query]], query[~is_forget[query]]
+  nan = float("nan")
+
+  def scored(q: np.ndarray) -> dict:
+    if len(q) == 0:
+      return {"map": nan, "rank1": nan}
+    return retrieval_metrics(x[q], y[q], x[gallery], y[gallery])
+
+  f, r = scored(forget_q), scored(retain_q)
+  retain_idx = np.nonzero(~is_forget)[0]
+  if len(retain_idx) > tar_max_examples:
+    retain_idx = np.sort(np.random.default_rng(seed).choice(retain_idx, tar_max_examples,
+                                                            replace=False))
+  # TAR@FAR needs a genuine pair (an identity with two images) and an impostor pair (two identities).
+  _, per_identity = np.unique(y[retain_idx], return_counts=True)
+  tar = (tar_at_far(x[retain_idx], y[retain_idx], 1e-3)
+         if len(per_identity) >= 2 and per_identity.max() >= 2 else nan)
+  return {
+      "forget_map": f["map"],
+      "forget_rank1": f["rank1"],
+      "retain_map": r["map"],
+      "retain_rank1": r["rank1"],
+      "forget_compactness": compactness(x[is_forget], y[is_forget]) if is_forget.any() else nan,
+      "retain_compactness": compactness(x[~is_forget], y[~is_forget]) if (~is_forget).any() else nan,
+      "identifiability": (identifiability(x[forget_q], y[forget_q], x[gallery], y[gallery])
+                          if len(forget_q) else nan),
+      "retain_tar_at_far_1e-3": tar,
+      "n_forget_queries": int(len(forget_q)),
+      "n_retain_queries": int(len(retain_q)),
+  }

@@ -1,0 +1,1 @@
+"""Training: state, losses, data-parallel steps, the fit loop."""
