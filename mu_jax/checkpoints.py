@@ -149,6 +149,14 @@ def prepare_workdir(workdir: str, config: Mapping[str, Any], overwrite: bool = F
   write_json(path, config)
 
 
+def config_hash(config: Mapping[str, Any]) -> str:
+  """sha256 of the config sections that define a workdir (:data:`WORKDIR_KEYS`)."""
+  import hashlib
+  cfg = json.loads(json.dumps(dict(config), default=_json_default))
+  payload = json.dumps({k: cfg.get(k) for k in WORKDIR_KEYS}, sort_keys=True)
+  return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
 def append_jsonl(path: str, row: Mapping[str, Any]) -> None:
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   with open(path, "a") as f:

@@ -9,6 +9,7 @@ the last checkpoint and skipping a stage that finished.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any, Mapping
 
@@ -98,12 +99,80 @@ class Experiment:
     result = fitlib.fit(self.model, data, self.train_config(stage), task=self.task, seed=self.seed,
                         stage_dir=self.stage_dir(stage), eval_sets={"test": self.split("test")},
                         progress=progress, **fit_kwargs)
-    record = {"stage": stage, "wall_s": result.wall_s, "examples": result.examples,
+    record = {"stage": stage, **stage_cost(self.stage_dir(stage)),
               "resumed_from_epoch": result.resumed_from_epoch, "train_size": len(data),
               "epochs": self.train_config(stage).epochs}
-    # Wall time over all runs of this stage: add what earlier (interrupted) runs logged.
     checkpoints.write_json(done, record)
     return record
+
+  def unlearn_stage(self, name: str, hparams: Mapping[str, Any] | None = None,
+                    progress: bool = False) -> dict[str, Any]:
+    """Runs method ``name`` from the original model (or resumes, or skips a finished run).
+
+    Writes ``unlearned/<name>/``: the driver's checkpoints and metrics.jsonl, ``final/`` (the
+    unlearned parameters and BN statistics), the per-example outputs and ``done.json``; every
+    request is recorded in ``requests.jsonl`` (see :mod:`mu_jax.audit`).
+    """
+    from mu_jax import audit, methods
+    stage = f"unlearned/{name}"
+    sdir = self.stage_dir(stage)
+    done = os.path.join(sdir, "done.json")
+    if os.path.exists(done):
+      return checkpoints.read_json(done)
+    hparams = dict(hparams if hparams is not None else self.method_hparams(name))
+    unlearner = methods.create(name, **hparams)
+    unlearner.check_task(self.task)
+    original = self.load_state("original")
+    request = audit.start_request(self.workdir, {
+        "kind": "method", "method": name, "hparams": hparams, **self.audit_context(),
+        "checkpoint_before": os.path.join(self.stage_dir("original"), "checkpoints"),
+        "checkpoint_after": os.path.join(sdir, "final")}, resume_key=f"method:{name}")
+    ucfg = self.config.get("unlearn", {})
+    result = methods.run_detailed(unlearner, original, self.dataset, methods.RunConfig(
+        batch_size=int(ucfg.get("batch_size", 64)), seed=int(ucfg.get("seed", 42)),
+        eval_batch_size=int(self.config["train"].get("eval_batch_size", 256)),
+        checkpoint_dir=sdir, progress=progress))
+    final = checkpoints.Checkpointer(os.path.join(sdir, "final"), max_to_keep=1)
+    final.save(0, {"params": result.state.params, "batch_stats": result.state.batch_stats})
+    final.close()
+    outputs = self.save_outputs(stage, result.state)
+    record = {"stage": stage, "method": name, "hparams": hparams, **stage_cost(sdir),
+              "halted": result.halted, "message": result.message}
+    audit.complete_request(self.workdir, request, {**record, "evaluation": quick_summary(outputs, self.task)})
+    checkpoints.write_json(done, record)
+    return record
+
+  def method_hparams(self, name: str) -> dict[str, Any]:
+    """Hyperparameter overrides of method ``name`` from ``config.unlearn.hparams.<name>``."""
+    hp = (self.config.get("unlearn", {}).get("hparams") or {}).get(name) or {}
+    return dict(hp)
+
+  def audit_context(self) -> dict[str, Any]:
+    """Config and manifest hashes and the forget request's identities and counts (no images)."""
+    m = self.dataset.manifest
+    return {"config_hash": checkpoints.config_hash(self.config), "manifest_hash": m.content_hash,
+            "forget_identities": sorted(m.identities("forget")), "forget_examples": len(m.ids("forget")),
+            "retain_examples": len(m.ids("retain"))}
+
+  def load_params(self, stage: str) -> TrainState:
+    """A finished stage's model as a state (optimizer state of the template, unused)."""
+    if stage in STAGES:
+      return self.load_state(stage)
+    template = self.template_state()
+    path = os.path.join(self.stage_dir(stage), "final")
+    ckpt = checkpoints.Checkpointer(path, max_to_keep=1)
+    restored = ckpt.restore({"params": template.params, "batch_stats": template.batch_stats})
+    ckpt.close()
+    return template.replace(params=restored["params"], batch_stats=restored["batch_stats"])
+
+  def outputs(self, stage: str, state: TrainState | None = None) -> dict[str, dict[str, Any]]:
+    """The stage's per-example outputs, from ``outputs/*.npz`` or computed (and saved) now."""
+    odir = os.path.join(self.stage_dir(stage), "outputs")
+    splits = ("train", "retain", "forget", "test", "unseen")
+    if all(os.path.exists(os.path.join(odir, f"{s}.npz")) for s in splits):
+      return {s: checkpoints.load_outputs(odir, s) for s in splits}
+    return self.save_outputs(stage, state if state is not None else self.load_params(stage))
+
 
   def template_state(self, stage: str = "original") -> TrainState:
     data = self.split("train" if stage == "original" else "retain")
@@ -133,3 +202,23 @@ class Experiment:
       checkpoints.save_outputs(os.path.join(self.stage_dir(stage), "outputs"), s, o)
       out[s] = o
     return out
+
+
+def stage_cost(stage_dir: str) -> dict[str, Any]:
+  """Wall seconds and examples of a stage summed over its metrics.jsonl rows (resumes included)."""
+  path = os.path.join(stage_dir, "metrics.jsonl")
+  rows = []
+  if os.path.exists(path):
+    with open(path) as f:
+      rows = [json.loads(line) for line in f if line.strip()]
+  return {"wall_s": float(sum(r.get("epoch_s", 0.0) for r in rows)),
+          "examples": int(sum(r.get("examples", 0) for r in rows))}
+
+
+def quick_summary(outputs: Mapping[str, Mapping[str, Any]], task: str) -> dict[str, float]:
+  """Forget/retain/test accuracy, reference attack accuracy and NoMUS (for logs and the audit)."""
+  from mu_jax.evaluation import mia
+  acc = {s: evaluate.summarize(outputs[s], task)["accuracy"] for s in ("forget", "retain", "test")}
+  attack = mia.reference_mia(outputs["forget"]["loss"], outputs["unseen"]["loss"])["mia_attack_acc"]
+  return {**{f"{s}_acc": v for s, v in acc.items()}, "mia_attack_acc": attack,
+          "nomus": mia.nomus(acc["test"], attack)}

@@ -33,6 +33,7 @@ def load_dataset(cfg: Mapping[str, Any]) -> FaceDataset:
     return synthetic.make_dataset(
         num_identities=cfg["num_identities"], images_per_identity=cfg["images_per_identity"],
         image_size=cfg["image_size"], task=cfg.get("task", "age"), seed=cfg.get("seed", 0),
+        test_fraction=cfg.get("test_fraction", 0.15), unseen_fraction=cfg.get("unseen_fraction", 0.15),
         paper_forget_rows=forget.get("paper_rows"), **kw)
   data_dir = cfg.get("data_dir")
   if not data_dir:

@@ -227,6 +227,7 @@ def run_detailed(unlearner: Unlearner, state: TrainState, data: Any,
       done_steps += len(batches)
       continue
     fn = _compile_phase(phase.step, phase.augment)
+    t_epoch, seen_epoch = time.time(), seen
     sums: dict[str, jax.Array] = {}
     for i, b in enumerate(batches):
       info = {"progress": jnp.float32(done_steps / max(total_steps, 1)), "epoch": jnp.int32(k)}
@@ -239,7 +240,8 @@ def run_detailed(unlearner: Unlearner, state: TrainState, data: Any,
       state, aux = jax.jit(phase.after)(state, aux)
     row = {"epoch_index": k + 1, "phase": phase.name, "phase_epoch": e + 1, "steps": len(batches),
            **{f"train_{n}": float(v) / max(len(batches), 1) for n, v in sums.items()},
-           "wall_s": round(time.time() - t0, 3)}
+           # Unlearning cost of this epoch, evaluation excluded; a resumed run sums its rows.
+           "epoch_s": round(time.time() - t_epoch, 3), "examples": seen - seen_epoch}
     for name in config.log_splits:
       if name in data and len(data[name]):
         s = evaluate.summarize(evaluate.predict(state, data[name], task=task,

@@ -110,7 +110,9 @@ def fit(model, train: Examples, cfg: TrainConfig, *, task: str, seed: int, stage
 
   Returns:
     The final state (replicated over devices), the wall seconds and examples processed by this
-    call, and the epoch it resumed from (0 for a fresh run).
+    call, and the epoch it resumed from (0 for a fresh run). Each metrics.jsonl row carries its
+    epoch's ``epoch_s`` (training only, evaluation excluded) and ``examples``, so the cost of a
+    stage interrupted and resumed is the sum over its rows.
   """
   n_dev = parallel.num_devices()
   batch = pipeline.effective_batch_size(len(train), cfg.batch_size, n_dev)
@@ -132,6 +134,7 @@ def fit(model, train: Examples, cfg: TrainConfig, *, task: str, seed: int, stage
   step_rng = jax.random.fold_in(rng, 1)
   t0, seen = time.time(), 0
   for epoch in range(start_epoch, cfg.epochs):
+    t_epoch, seen_epoch = time.time(), seen
     sums: dict[str, float] = {}
     batches = pipeline.train_batches(len(train), batch, seed, epoch)
     bar = tqdm(batches, desc=f"{os.path.basename(stage_dir)} epoch {epoch + 1}/{cfg.epochs}",
@@ -146,7 +149,7 @@ def fit(model, train: Examples, cfg: TrainConfig, *, task: str, seed: int, stage
     row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
            "train_loss": float(sums["loss"]) / len(batches),
            "train_accuracy": float(sums["accuracy"]) / len(batches),
-           "wall_s": round(time.time() - t0, 3)}
+           "epoch_s": round(time.time() - t_epoch, 3), "examples": seen - seen_epoch}
     for name, ex in (eval_sets or {}).items():
       s = evaluate.summarize(evaluate.predict(state, ex, task=task, batch_size=cfg.eval_batch_size), task)
       row[f"{name}_loss"], row[f"{name}_accuracy"] = s["loss"], s["accuracy"]

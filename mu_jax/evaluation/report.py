@@ -1,0 +1,201 @@
+"""One result row per model, and the files that hold them (DESIGN.md "Result files").
+
+:func:`model_row` turns the per-example outputs of every split (``<stage>/outputs/<split>.npz``)
+into the flat row of the contract: accuracies, the reference attack (raw accuracy *and* forgetting
+score, never confused), NoMUS, the stronger attacks, the distance to the retrained model, cost.
+:func:`write_results` writes ``results.json``, ``results.csv`` and ``table.md``.
+
+Direction of every column (also printed under the table):
+  higher is better: test/retain/unseen accuracy, NoMUS;
+  closer to the retrained model is better: forget accuracy, attack accuracy, AUROC, TPR@FPR,
+  SVC-MIA efficacy; lower is better: KL/JS to retrained, forgetting score, cost.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from mu_jax.evaluation import attacks, distances, metrics, mia
+
+Outputs = Mapping[str, Mapping[str, np.ndarray]]
+
+
+def _accuracy(out: Mapping[str, np.ndarray], task: str, k: int = 1) -> float:
+  if len(out["label"]) == 0:
+    return float("nan")
+  if task == "multilabel":
+    return float(metrics.multilabel_accuracy(out["logits"], out["label"])[0]) if k == 1 else float("nan")
+  return float(metrics.topk_accuracy(out["logits"], out["label"], k))
+
+
+def model_row(name: str, outputs: Outputs, task: str, *, retrained: Outputs | None = None,
+              params: Any = None, retrained_params: Any = None, nomus_lambda: float = 0.5,
+              n_bootstrap: int = 200, wall_s: float | None = None, examples: int | None = None,
+              retrain_wall_s: float | None = None) -> dict[str, Any]:
+  """Every metric of one model from its per-example outputs.
+
+  Args:
+    name: the row's ``model`` (original, retrained, a method's registry name, sisa).
+    outputs: {split: {"logits", "loss", "label", ...}} for train/retain/forget/test/unseen.
+    task: "multiclass" or "multilabel".
+    retrained: the retrained model's outputs, for the distances (None: distances are omitted).
+    params, retrained_params: parameter trees for the ℓ2 distance (optional).
+    nomus_lambda: NoMUS weight of test accuracy.
+    n_bootstrap: bootstrap replicates of the attack intervals.
+    wall_s, examples: cost of producing this model.
+    retrain_wall_s: the retrained model's wall seconds (for ``cost_vs_retrain``).
+
+  Returns:
+    A flat dict with the contract's keys plus extra columns (``*_ci_low/high``, SVC-MIA, ...).
+  """
+  row: dict[str, Any] = {"model": name}
+  for s in ("test", "forget", "retain", "unseen", "train"):
+    if s in outputs:
+      row[f"{s}_acc"] = _accuracy(outputs[s], task)
+  row["test_top2_acc"] = _accuracy(outputs["test"], task, k=2)
+  ref = mia.reference_mia(outputs["forget"]["loss"], outputs["unseen"]["loss"])
+  row["mia_attack_acc"] = ref["mia_attack_acc"]
+  row["mia_forgetting_score"] = ref["mia_forgetting_score"]
+  row["nomus"] = mia.nomus(row["test_acc"], ref["mia_attack_acc"], nomus_lambda)
+  strong = attacks.loss_attack(outputs["forget"]["loss"], outputs["unseen"]["loss"],
+                               n_bootstrap=n_bootstrap)
+  row["mia_auroc"] = strong["auroc"]
+  row["mia_tpr_at_1pct_fpr"] = strong["tpr_at_1pct_fpr"]
+  row["mia_tpr_at_0.1pct_fpr"] = strong["tpr_at_0.1pct_fpr"]
+  for k in ("auroc", "tpr_at_1pct_fpr"):
+    if f"{k}_ci_low" in strong:
+      row[f"mia_{k}_ci_low"], row[f"mia_{k}_ci_high"] = strong[f"{k}_ci_low"], strong[f"{k}_ci_high"]
+  row["mia_auroc_forget_vs_test"] = attacks.auroc(-np.asarray(outputs["forget"]["loss"]),
+                                                  -np.asarray(outputs["test"]["loss"]))
+  if task == "multiclass" and len(outputs["retain"]["label"]) >= len(outputs["test"]["label"]):
+    probs = {s: metrics.probabilities(outputs[s]["logits"], task) for s in ("retain", "test", "forget")}
+    svc = attacks.svc_mia_forget_efficacy(probs["retain"], outputs["retain"]["label"], probs["test"],
+                                          outputs["test"]["label"], probs["forget"],
+                                          outputs["forget"]["label"], features=("confidence", "m_entropy"))
+    row["svc_mia_confidence"], row["svc_mia_m_entropy"] = svc["confidence"], svc["m_entropy"]
+  if retrained is not None:
+    for s in ("forget", "test"):
+      row[f"kl_to_retrained_{s}"] = distances.kl_divergence(outputs[s]["logits"], retrained[s]["logits"], task)
+      row[f"js_to_retrained_{s}"] = distances.js_divergence(outputs[s]["logits"], retrained[s]["logits"], task)
+      row[f"agreement_with_retrained_{s}"] = distances.top1_agreement(
+          outputs[s]["logits"], retrained[s]["logits"], task)
+  if params is not None and retrained_params is not None:
+    row["param_l2_to_retrained"] = distances.param_l2_distance(params, retrained_params)
+  if wall_s is not None:
+    row["wall_s"] = float(wall_s)
+  if examples is not None:
+    row["examples"] = int(examples)
+  if wall_s is not None and retrain_wall_s:
+    row["cost_vs_retrain"] = float(wall_s) / float(retrain_wall_s)
+  return row
+
+
+def aggregate_seeds(rows_per_seed: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+  """Mean over seeds of every numeric key, plus ``<key>_std`` (population std, ddof=0)."""
+  by_model: dict[str, list[Mapping[str, Any]]] = {}
+  for rows in rows_per_seed:
+    for r in rows:
+      by_model.setdefault(r["model"], []).append(r)
+  out = []
+  for model, rs in by_model.items():
+    row: dict[str, Any] = {"model": model, "seeds": len(rs)}
+    for k in rs[0]:
+      vals = [r.get(k) for r in rs]
+      if k != "model" and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+        row[k] = float(np.mean(vals))
+        row[f"{k}_std"] = float(np.std(vals))
+    out.append(row)
+  return out
+
+
+# (label, key, format) rows of table.md, in the reference README's order first.
+TABLE_ROWS = (
+    ("Test Acc", "test_acc"), ("Top-2 Acc", "test_top2_acc"),
+    ("MIA (forgetting score |acc−0.5|, ↓)", "mia_forgetting_score"),
+    ("Final Score (NoMUS, ↑)", "nomus"),
+    ("MIA attack accuracy (raw; retrained ≈ target)", "mia_attack_acc"),
+    ("Forget Acc (retrained ≈ target)", "forget_acc"), ("Retain Acc", "retain_acc"),
+    ("Unseen Acc", "unseen_acc"),
+    ("Loss-attack AUROC forget vs unseen", "mia_auroc"),
+    ("TPR @ 1% FPR", "mia_tpr_at_1pct_fpr"),
+    ("SVC-MIA efficacy (confidence)", "svc_mia_confidence"),
+    ("KL to retrained (forget, ↓)", "kl_to_retrained_forget"),
+    ("JS to retrained (forget, ↓)", "js_to_retrained_forget"),
+    ("Top-1 agreement with retrained (forget)", "agreement_with_retrained_forget"),
+    ("ℓ2 param distance to retrained", "param_l2_to_retrained"),
+    ("Wall seconds", "wall_s"), ("Examples processed", "examples"),
+    ("Cost vs retrain (wall)", "cost_vs_retrain"),
+)
+
+
+def _fmt(row: Mapping[str, Any], key: str) -> str:
+  v = row.get(key)
+  if v is None or (isinstance(v, float) and math.isnan(v)):
+    return "–"
+  std = row.get(f"{key}_std")
+  if key == "examples":
+    return f"{int(v):,}"
+  if key == "wall_s":
+    s = f"{v:.1f}"
+    return f"{s} ± {std:.1f}" if std is not None else s
+  s = f"{v:.4f}"
+  return f"{s} ± {std:.4f}" if std is not None else s
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], extra_rows: Sequence[tuple[str, str]] = ()) -> str:
+  """Models as columns and metrics as rows, like the reference README's tables."""
+  keys = [(label, key) for label, key in (*TABLE_ROWS, *extra_rows) if any(key in r for r in rows)]
+  lines = ["| | " + " | ".join(r["model"] for r in rows) + " |",
+           "|---|" + "---|" * len(rows)]
+  for label, key in keys:
+    lines.append(f"| {label} | " + " | ".join(_fmt(r, key) for r in rows) + " |")
+  return "\n".join(lines)
+
+
+def write_results(directory: str, rows: Sequence[Mapping[str, Any]], *, config: Mapping[str, Any],
+                  manifest_hash: str, notes: str = "") -> dict[str, str]:
+  """Writes results.json, results.csv and table.md (atomically, each via a temp file)."""
+  os.makedirs(directory, exist_ok=True)
+  paths = {n: os.path.join(directory, n) for n in ("results.json", "results.csv", "table.md")}
+  payload = {"config": config, "manifest_hash": manifest_hash, "rows": list(rows)}
+  _atomic(paths["results.json"], json.dumps(payload, indent=1, default=_jsonable))
+  keys: list[str] = []
+  for r in rows:
+    keys += [k for k in r if k not in keys]
+  tmp = paths["results.csv"] + ".tmp"
+  with open(tmp, "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=keys)
+    w.writeheader()
+    for r in rows:
+      w.writerow({k: r.get(k, "") for k in keys})
+  os.replace(tmp, paths["results.csv"])
+  table = markdown_table(rows)
+  legend = ("\nMIA = the reference attack (logistic regression on per-example losses, forget vs "
+            "unseen); its forgetting score |acc − 0.5| is the README's \"MIA\" column. NoMUS = "
+            "λ·test_acc + (1−λ)·(1 − 2·|attack_acc − 0.5|). Forget accuracy and attack numbers are "
+            "best when close to the retrained model's, not when extreme.\n")
+  _atomic(paths["table.md"], table + "\n" + legend + (f"\n{notes}\n" if notes else ""))
+  return paths
+
+
+def _atomic(path: str, text: str) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _jsonable(x: Any) -> Any:
+  if isinstance(x, (np.floating, np.integer)):
+    return x.item()
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  if isinstance(x, (tuple, set)):
+    return list(x)
+  return str(x)
