@@ -49,6 +49,10 @@ def new_request_id() -> str:
 
 def _plain(value: Any, where: str) -> Any:
   """JSON-ready copy of a record; refuses arrays and bytes (images must never reach the log)."""
+  if hasattr(value, "to_dict") and callable(value.to_dict):  # ml_collections.ConfigDict
+    value = value.to_dict()
+  if isinstance(value, os.PathLike):
+    value = os.fspath(value)
   if isinstance(value, Mapping):
     return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
   if isinstance(value, (list, tuple, set, frozenset)):
@@ -165,6 +169,8 @@ def complete_request(workdir: str, request_id: str, record: Mapping[str, Any]) -
   if request_id in complete:
     raise ValueError(f"request {request_id} is already complete in {log_path(workdir)}")
   row.update({"request_id": request_id, "status": COMPLETE, "time": utc_now()})
+  if "resume_key" in started[request_id]:
+    row["resume_key"] = started[request_id]["resume_key"]
   _append(log_path(workdir), row)
 
 

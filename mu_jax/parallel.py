@@ -10,6 +10,7 @@ CPU devices in the tests, and under ``jax.distributed`` on many hosts.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Callable, Sequence
 
 import jax
@@ -78,16 +79,31 @@ def replicate(tree: Any, devices: Sequence[Any] | None = None) -> Any:
 
 
 def shard(batch: Any, devices: Sequence[Any] | None = None) -> Any:
-  """Splits a host batch along its leading axis over the mesh.
+  """Splits a global host batch along its leading axis over the mesh.
 
-  With several processes, each process passes its own slice of the global batch (its
-  ``process_index``-th part, see :func:`process_slice`) and the result is one global array.
+  Every process passes the same global batch (mu_jax's data order is a pure function of the seed
+  and epoch, so all processes compute it); with several processes each contributes only its own
+  slice (:func:`process_slice`) and the result is one global array.
   """
   sharding = NamedSharding(mesh(devices), SHARDED)
   if jax.process_count() > 1:
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-                        batch)
+    def local(x):
+      x = np.asarray(x)
+      return jax.make_array_from_process_local_data(sharding, x[process_slice(len(x))], x.shape)
+    return jax.tree.map(local, batch)
   return jax.device_put(batch, sharding)
+
+
+def init_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                     process_id: int | None = None) -> None:
+  """Starts ``jax.distributed`` (arguments auto-detected on TPU pods, SLURM and similar).
+
+  On CPU the cross-process collectives need an implementation; gloo is selected here.
+  """
+  if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS", "") == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                             process_id=process_id)
 
 
 def process_slice(global_batch_size: int) -> slice:

@@ -31,5 +31,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Unlearning: the reference runs every method with SGD lr 0.001, no momentum, batch 64.
   c.unlearn = ml_collections.ConfigDict({
       "batch_size": 64, "methods": "all", "hparams": ml_collections.ConfigDict()})
+  # SISA (experiments.sisa): shard by person so a request touches one shard; the official SISA
+  # batch of 16; "auto" trains the shard models stacked (vmap) when they fit.
+  c.sisa = ml_collections.ConfigDict({"partition": "identity", "aggregation": "vote", "mode": "auto",
+                                      "batch_size": 16})
   c.eval = ml_collections.ConfigDict({"nomus_lambda": 0.5, "bootstrap": 200})
   return c

@@ -6,14 +6,16 @@
 Each factory returns an :class:`Unlearner` (see :mod:`mu_jax.methods.base`).
 """
 
+from mu_jax.methods.bad_teacher import bad_teacher
 from mu_jax.methods.base import MethodNotApplicable, Phase, Spec, Unlearner
+from mu_jax.methods.boundary import boundary_expand, boundary_shrink
 from mu_jax.methods.driver import RunConfig, RunResult, run, run_detailed
+from mu_jax.methods.finetune import cf_k, eu_k, finetune
+from mu_jax.methods.l1_sparse import l1_sparse
+from mu_jax.methods.neggrad import neggrad, neggrad_plus
+from mu_jax.methods.random_labels import random_labels
 from mu_jax.methods.registry import create, names, parse_methods
-
-
-def __getattr__(name):
-  # mu_jax.methods.scrub(...), mu_jax.methods.salun(...), ...: resolved through the registry.
-  from mu_jax.methods import registry
-  if name in registry.names():
-    return registry.factory(name)
-  raise AttributeError(f"module 'mu_jax.methods' has no attribute {name!r}")
+from mu_jax.methods.salun import salun
+from mu_jax.methods.scrub import scrub, scrub_official
+from mu_jax.methods.ssd import ssd
+from mu_jax.methods.unsir import unsir, unsir_class

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from mu_jax.methods.base import Unlearner
 
-# name -> "module:factory" (imported on first use, so one broken method cannot break the others).
+# name -> "module:factory", in benchmark order.
 _FACTORIES = {
     "finetune": "mu_jax.methods.finetune:finetune",
     "cf_k": "mu_jax.methods.finetune:cf_k",

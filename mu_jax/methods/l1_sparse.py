@@ -1,0 +1,87 @@
+"""ℓ1-sparse unlearning (Jia et al., "Model Sparsity Can Simplify Machine Unlearning", NeurIPS 2023,
+arXiv 2304.04934): fine-tune on the retain set with an ℓ1 penalty that pushes weights towards zero.
+
+Loss per step: CE(retain) + α_t·‖θ‖₁, with ‖θ‖₁ over every parameter (BN scales and biases
+included, as ``model.parameters()`` in the official code) and the schedule of ``FT_l1``
+[Sparse:unlearn/FT.py; SalUn:Classification/unlearn/FT.py]: constant within an epoch,
+
+    α_t = α·(1 − t / (E − no_l1_epochs))   for epoch t < E − no_l1_epochs (t counts from 0),
+    α_t = 0                                 for the last ``no_l1_epochs`` epochs,
+
+so the first epoch uses α and the penalty decays linearly from there. The driver's
+``info["epoch"]`` gives t (this method has a single phase, so the run's epoch is the phase's).
+
+Defaults: lr 0.01, 10 epochs [Sparse:README.MD `--unlearn FT_prune --unlearn_lr 0.01
+--unlearn_epochs 10`], with the official code's SGD (momentum 0.9, weight decay 5e-4,
+[SalUn:Classification/arg_parser.py; unlearn/impl.py]); there is no MUFAC reference run.
+α = 5e-4 is **UNVERIFIED**: the README leaves ``--alpha ${alpha}`` open (REFERENCE.md §6). A later
+README example writes ``--alpha 0.2``, the shared parser's default whose help text calls it the
+"unlearn noise" of the Fisher methods; 0.2·‖θ‖₁ would dwarf the CE of a ResNet-18.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mu_jax.methods import common
+from mu_jax.methods.base import Phase, Unlearner, check_non_negative, check_positive
+
+
+def l1_coefficient(alpha: float, epoch: jax.Array, epochs: int, no_l1_epochs: int) -> jax.Array:
+  """α_t of epoch ``epoch`` (0-based): α·(1 − t/(E − no_l1)) while t < E − no_l1, else 0."""
+  l1_epochs = epochs - no_l1_epochs
+  t = jnp.asarray(epoch, jnp.float32)
+  decayed = alpha * (1.0 - t / max(l1_epochs, 1))
+  return jnp.where(t < l1_epochs, decayed, 0.0).astype(jnp.float32)
+
+
+def l1_norm(params) -> jax.Array:
+  return sum(jnp.abs(x).sum() for x in jax.tree.leaves(params))
+
+
+def l1_sparse(alpha: float = 5e-4, lr: float = 1e-2, epochs: int = 10, no_l1_epochs: int = 0,
+              momentum: float = 0.9, weight_decay: float = 5e-4) -> Unlearner:
+  """Fine-tune on retain with a linearly decaying ℓ1 penalty (defaults: the official code's).
+
+  Args:
+    alpha: the initial ℓ1 weight α (UNVERIFIED default, see the module docstring).
+    lr: SGD learning rate.
+    epochs: passes over the retain set (E).
+    no_l1_epochs: final epochs without the penalty.
+    momentum: SGD momentum (the official code's 0.9).
+    weight_decay: L2 added to the gradient (the official code's 5e-4).
+
+  Returns:
+    The :class:`Unlearner`; its steps log ``l1_alpha`` (α_t) and ``l1_norm``.
+  """
+  check_positive("l1_sparse", lr=lr, epochs=epochs)
+  check_non_negative("l1_sparse", alpha=alpha, no_l1_epochs=no_l1_epochs, momentum=momentum,
+                     weight_decay=weight_decay)
+  if no_l1_epochs > epochs:
+    raise ValueError(f"l1_sparse: no_l1_epochs ({no_l1_epochs}) exceeds epochs ({epochs})")
+
+  def phases(spec):
+    task = spec.task
+
+    def step(state, aux, batch, rng, info):
+      del rng
+      coef = l1_coefficient(alpha, info["epoch"], epochs, no_l1_epochs)
+
+      def loss_fn(params):
+        logits, stats = common.forward(state, params, state.batch_stats, batch["image"])
+        ce = common.task_loss(logits, batch["label"], task)
+        norm = l1_norm(params)
+        return ce + coef * norm, (stats, {
+            "task_loss": ce, "l1_norm": norm, "l1_alpha": coef,
+            "accuracy": common.accuracy(logits, batch["label"], task)})
+
+      state, metrics = common.gradient_step(state, loss_fn)
+      return state, aux, metrics
+
+    return [Phase("retain_l1", "retain", step, epochs)]
+
+  return Unlearner(
+      "l1_sparse", {"alpha": alpha, "lr": lr, "epochs": epochs, "no_l1_epochs": no_l1_epochs,
+                    "momentum": momentum, "weight_decay": weight_decay},
+      common.reference_sgd(lr, momentum, weight_decay), phases)

@@ -1,0 +1,91 @@
+"""Bad Teacher: two teachers in aux, the membership-selected KL, drifting toward the bad one."""
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mu_jax import methods
+from mu_jax.methods import common
+from mu_jax.methods.base import MethodNotApplicable, Spec
+from mu_jax.training import evaluate, fit as fitlib
+from tests import helpers
+
+# mu_jax.methods binds each factory over its module's name; the module comes from importlib.
+bt = importlib.import_module("mu_jax.methods.bad_teacher")
+
+
+def _spec():
+  return Spec(model=helpers.tiny_model(), task="multiclass", num_classes=8, image_shape=(16, 16, 3))
+
+
+def _np_kl(t_logits, s_logits, temp):
+  def log_softmax(z):
+    z = z / temp
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+  lt, ls = log_softmax(t_logits), log_softmax(s_logits)
+  return (np.exp(lt) * (lt - ls)).sum(-1)
+
+
+def test_kl_selects_the_teacher_by_membership_without_a_t_squared_factor():
+  rng = np.random.default_rng(0)
+  s, good, bad = (rng.normal(size=(6, 5)).astype(np.float32) for _ in range(3))
+  is_forget = np.array([1, 0, 1, 0, 0, 1], bool)
+  got = np.asarray(bt.bad_teaching_kl(jnp.asarray(s), jnp.asarray(good), jnp.asarray(bad),
+                                      jnp.asarray(is_forget), 2.0))
+  want = np.where(is_forget, _np_kl(bad, s, 2.0), _np_kl(good, s, 2.0))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_incompetent_teacher_is_a_fresh_model_not_the_original():
+  state = helpers.tiny_state(seed=0)
+  _, aux = bt.init_teachers(state, jax.random.key(42), _spec())
+  jax.tree.map(np.testing.assert_array_equal, aux["teacher"]["params"], state.params)
+  assert jax.tree.structure(aux["bad_teacher"]["params"]) == jax.tree.structure(state.params)
+  # Every weight matrix is redrawn (BN scales and biases start at 1 and 0 in both).
+  kernels = [(jax.tree_util.keystr(p), np.asarray(a), np.asarray(b)) for (p, a), b in zip(
+      jax.tree_util.tree_leaves_with_path(aux["bad_teacher"]["params"]),
+      jax.tree.leaves(state.params)) if "kernel" in jax.tree_util.keystr(p)]
+  assert len(kernels) == 4
+  for path, a, b in kernels:
+    assert np.abs(a - b).min() >= 0 and not np.allclose(a, b), path
+  # Fresh BN statistics (mean 0, variance 1), as an untrained torch model's.
+  for leaf in jax.tree.leaves(aux["bad_teacher"]["batch_stats"]):
+    assert np.all((np.asarray(leaf) == 0) | (np.asarray(leaf) == 1))
+
+
+def test_a_default_run_moves_forget_outputs_toward_the_bad_teacher(tmp_path):
+  ds = helpers.tiny_dataset()
+  cfg = fitlib.TrainConfig(epochs=6, batch_size=16, lr=0.05, lr_boundaries=())
+  state = fitlib.fit(helpers.tiny_model(), ds.split("train"), cfg, task="multiclass", seed=0,
+                     stage_dir=str(tmp_path), progress=False).state
+  u = methods.create("bad_teacher")
+  assert u.hparams == {"temperature": 1.0, "lr": 1e-4, "epochs": 1, "stream": "paired"}
+  run_cfg = methods.RunConfig(batch_size=16, seed=0, log_splits=())
+  # The driver's init gets fold_in(key(seed), 0): rebuild the same bad teacher to measure against.
+  _, aux = u.init(state, jax.random.fold_in(jax.random.key(run_cfg.seed), 0), _spec())
+  bad_state = state.replace(params=aux["bad_teacher"]["params"],
+                            batch_stats=aux["bad_teacher"]["batch_stats"])
+
+  def kl_to_bad(s, split):
+    out = evaluate.predict(s, ds.split(split), task="multiclass")["logits"]
+    ref = evaluate.predict(bad_state, ds.split(split), task="multiclass")["logits"]
+    return float(common.kl_div(jnp.asarray(ref), jnp.asarray(out), 1.0, "multiclass").mean())
+
+  res = methods.run_detailed(u, state, ds, run_cfg)
+  assert not res.halted and res.history[0]["steps"] == len(ds.split("retain")) // 16
+  before, after = kl_to_bad(state, "forget"), kl_to_bad(res.state, "forget")
+  assert after < 0.97 * before, (before, after)
+  # Retain examples are distilled from the original: they do not drift toward the bad teacher.
+  assert kl_to_bad(res.state, "retain") > kl_to_bad(state, "retain")
+
+
+def test_bad_teacher_is_multiclass_only():
+  with pytest.raises(MethodNotApplicable, match="multilabel"):
+    methods.run(methods.create("bad_teacher"), helpers.tiny_state(helpers.tiny_model(3)),
+                helpers.tiny_dataset("multilabel"))
+  with pytest.raises(ValueError, match="stream"):
+    methods.create("bad_teacher", stream="forget")

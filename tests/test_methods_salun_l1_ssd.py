@@ -1,0 +1,199 @@
+"""SalUn, ℓ1-sparse and SSD: the properties specific to each rule."""
+
+import importlib
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mu_jax import methods
+from mu_jax.data import pipeline
+from mu_jax.methods import common
+from tests import helpers
+
+# mu_jax.methods binds each factory over its module's name; the modules come from importlib.
+l1_sparse, salun, ssd = (importlib.import_module(f"mu_jax.methods.{m}") for m in ("l1_sparse", "salun", "ssd"))
+
+
+@pytest.fixture(scope="module")
+def original():
+  return helpers.tiny_state()
+
+
+@pytest.fixture(scope="module")
+def multilabel_state():
+  return helpers.tiny_state(helpers.tiny_model(3))
+
+
+def _host(tree):
+  return jax.tree.map(np.asarray, tree)
+
+
+def _forget_gradient(state, task="multiclass", sign=1.0):
+  """∇θ of sign·(mean task loss over the whole forget set), eval mode."""
+  f = helpers.tiny_dataset().split("forget")
+  x, y = pipeline.to_float(f.images), f.labels
+
+  def loss(params):
+    logits = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, x, train=False)
+    return sign * common.task_loss(logits, y, task)
+
+  return _host(jax.jit(jax.grad(loss))(state.params))
+
+
+# ----- SalUn -----
+
+@pytest.mark.parametrize("threshold", [0.5, 0.3, 1.0])
+def test_saliency_mask_keeps_the_top_fraction_globally(threshold):
+  rng = np.random.default_rng(0)
+  grads = {"a": {"w": rng.normal(size=(7, 5))}, "b": rng.normal(size=(13,)),
+           "c": {"k": rng.normal(size=(2, 3, 4))}}
+  mask = _host(salun.saliency_mask(grads, threshold))
+  chex.assert_trees_all_equal_shapes(mask, grads)
+  g = np.concatenate([np.abs(x).ravel() for x in jax.tree.leaves(grads)])
+  m = np.concatenate([x.ravel() for x in jax.tree.leaves(mask)])
+  assert set(np.unique(m)) <= {0.0, 1.0}
+  assert m.sum() == int(len(g) * threshold)
+  if threshold < 1.0:
+    assert g[m == 1].min() > g[m == 0].max()  # global ranking, not per tensor
+
+
+def test_salun_masked_weights_do_not_move_even_with_momentum_and_weight_decay(original):
+  # batch 24 = the whole forget set: the saliency phase sees one batch, so its accumulated
+  # gradient is the full forget gradient.
+  unl = methods.create("salun", threshold=0.3, lr=0.05, epochs=1, momentum=0.9, weight_decay=5e-3)
+  r = methods.run_detailed(unl, original, helpers.tiny_dataset(),
+                           methods.RunConfig(batch_size=24, log_splits=()))
+  assert not r.halted
+  chex.assert_trees_all_close(r.aux["grad"], _forget_gradient(original, sign=-1.0),
+                              rtol=1e-4, atol=1e-6)
+  mask = r.aux["mask"]
+  chex.assert_trees_all_equal(mask, _host(salun.saliency_mask(r.aux["grad"], 0.3)))
+  n = sum(x.size for x in jax.tree.leaves(mask))
+  assert abs(sum(x.sum() for x in jax.tree.leaves(mask)) - 0.3 * n) <= 1
+  before, after = _host(original.params), r.state.params
+  frozen = lambda params: jax.tree.map(lambda p, m: p[m == 0], params, mask)
+  chex.assert_trees_all_equal(frozen(after), frozen(before))  # bit for bit
+  moved = jax.tree.map(lambda a, b, m: np.any(a[m == 1] != b[m == 1]), after, before, mask)
+  assert any(jax.tree.leaves(moved))
+
+
+def test_salun_runs_on_multilabel(multilabel_state):
+  ds = helpers.tiny_dataset("multilabel")
+  state = multilabel_state
+  r = methods.run_detailed(methods.create("salun", epochs=1, lr=0.05), state, ds,
+                           methods.RunConfig(batch_size=16, log_splits=()))
+  assert not r.halted and np.isfinite(r.history[-1]["train_loss"])
+  assert 0 < sum(x.sum() for x in jax.tree.leaves(r.aux["mask"]))
+
+
+def test_salun_rejects_a_bad_threshold():
+  with pytest.raises(ValueError, match="threshold"):
+    methods.create("salun", threshold=0.0)
+
+
+# ----- l1-sparse -----
+
+def test_l1_coefficient_decays_linearly_then_stops():
+  coef = lambda t, e=10, n=0: float(l1_sparse.l1_coefficient(1e-3, jnp.int32(t), e, n))
+  assert coef(0) == pytest.approx(1e-3)        # start: the full alpha
+  assert coef(5) == pytest.approx(5e-4)        # middle
+  assert coef(9) == pytest.approx(1e-4)        # last epoch of 10: alpha·(1 − 9/10)
+  assert coef(7, 10, 2) == pytest.approx(1e-3 * (1 - 7 / 8))
+  assert coef(8, 10, 2) == 0.0 and coef(9, 10, 2) == 0.0  # the no-l1 epochs
+  assert coef(0, 3, 3) == 0.0  # no l1 epoch at all
+
+
+def test_l1_sparse_applies_the_schedule_per_epoch(original):
+  alpha = 1e-3
+  r = methods.run_detailed(methods.create("l1_sparse", alpha=alpha, epochs=4, no_l1_epochs=1),
+                           original, helpers.tiny_dataset(),
+                           methods.RunConfig(batch_size=16, log_splits=()))
+  got = [row["train_l1_alpha"] for row in r.history]
+  np.testing.assert_allclose(got, [alpha, alpha * 2 / 3, alpha / 3, 0.0], rtol=1e-6)
+  for row in r.history:  # the loss is CE + alpha_t·‖θ‖₁
+    np.testing.assert_allclose(row["train_loss"] - row["train_task_loss"],
+                               row["train_l1_alpha"] * row["train_l1_norm"], rtol=1e-3, atol=1e-6)
+  norm0 = float(l1_sparse.l1_norm(original.params))
+  assert r.history[0]["train_l1_norm"] == pytest.approx(norm0, rel=0.05)
+
+
+def test_l1_sparse_runs_on_multilabel(multilabel_state):
+  ds = helpers.tiny_dataset("multilabel")
+  state = multilabel_state
+  r = methods.run_detailed(methods.create("l1_sparse", epochs=1), state, ds,
+                           methods.RunConfig(batch_size=16, log_splits=()))
+  assert not r.halted and np.isfinite(r.history[-1]["train_loss"])
+
+
+# ----- SSD -----
+
+def test_ssd_dampen_on_hand_built_importances():
+  params = {"w": jnp.array([1.0, -2.0, 3.0, 4.0, 5.0, -6.0]), "b": jnp.array([[0.5, 0.25]])}
+  i_d = {"w": jnp.array([1.0, 1.0, 2.0, 0.0, 1.0, 1.0]), "b": jnp.array([[1.0, 0.0]])}
+  i_f = {"w": jnp.array([5.0, 16.0, 10.0, 0.0, 64.0, 1.0]), "b": jnp.array([[3.0, 1.0]])}
+  # alpha = 5: selected where I_f > 5·I_D; lambda = 2: beta = min(2·I_D/I_f, 1).
+  out = _host(ssd.dampen(params, i_f, i_d, alpha=5.0, lambda_=2.0))
+  expected_w = [1.0,              # 5 = 5·1: not selected (strict >), unchanged
+                -2.0 * 2 / 16,    # selected, beta = 1/8
+                3.0,              # 10 = 5·2: not selected
+                4.0,              # both zero: not selected
+                5.0 * 2 / 64,     # selected, beta = 1/32
+                -6.0]             # 1 < 5: not selected
+  np.testing.assert_array_equal(out["w"], np.array(expected_w, np.float32))
+  np.testing.assert_array_equal(out["b"], [[0.5, 0.0]])  # I_D = 0 < I_f: dampened to zero
+  # lambda large enough that beta caps at 1: selected but unchanged.
+  capped = _host(ssd.dampen(params, i_f, i_d, alpha=5.0, lambda_=1000.0))
+  np.testing.assert_array_equal(capped["w"], params["w"])
+
+
+def test_ssd_after_divides_by_the_batch_counts(original):
+  unl = ssd.ssd(alpha=2.0, lambda_=0.5)
+  spec = methods.Spec(model=helpers.tiny_model(), task="multiclass", num_classes=8,
+                      image_shape=(16, 16, 3))
+  after = jax.jit(unl.phases(spec)[-1].after)
+  ones = jax.tree.map(jnp.ones_like, original.params)
+  # Sums: forget 12 over 3 batches (I_f = 4), train 4 over 2 batches (I_D = 2) everywhere:
+  # 4 > 2·2 is false, so nothing moves; with train 2 over 2 batches (I_D = 1): 4 > 2, beta = 0.125.
+  aux = {"forget": jax.tree.map(lambda x: 12 * x, ones),
+         "running": jax.tree.map(lambda x: 4 * x, ones),
+         "forget_batches": jnp.float32(3), "running_batches": jnp.float32(2)}
+  state, _ = after(original, aux)
+  chex.assert_trees_all_equal(_host(state.params), _host(original.params))
+  aux["running"] = jax.tree.map(lambda x: 2 * x, ones)
+  state, _ = after(original, aux)
+  chex.assert_trees_all_close(_host(state.params),
+                              jax.tree.map(lambda p: np.asarray(p) * 0.125, original.params))
+
+
+def test_ssd_run_dampens_only_the_selected_parameters(original):
+  # batch 24 = the whole forget set in one batch: I_f is the squared full forget gradient.
+  alpha, lam = 1.0, 0.5
+  r = methods.run_detailed(methods.create("ssd", alpha=alpha, lambda_=lam), original,
+                           helpers.tiny_dataset(), methods.RunConfig(batch_size=24, log_splits=()))
+  assert r.aux["forget_batches"] == 1 and r.aux["running_batches"] == 128 // 24
+  i_f = r.aux["forget"]
+  chex.assert_trees_all_close(i_f, jax.tree.map(np.square, _forget_gradient(original)),
+                              rtol=1e-4, atol=1e-10)
+  i_d = jax.tree.map(lambda s: s / r.aux["running_batches"], r.aux["running"])
+  before, after = _host(original.params), r.state.params
+  selected = jax.tree.map(lambda f, d: f > alpha * d, i_f, i_d)
+  n_sel = sum(int(s.sum()) for s in jax.tree.leaves(selected))
+  assert 0 < n_sel < sum(s.size for s in jax.tree.leaves(selected))
+  chex.assert_trees_all_equal(jax.tree.map(lambda a, s: a[~s], after, selected),
+                              jax.tree.map(lambda b, s: b[~s], before, selected))
+  beta = jax.tree.map(lambda f, d, s: np.minimum(lam * d[s] / f[s], 1.0), i_f, i_d, selected)
+  chex.assert_trees_all_close(jax.tree.map(lambda a, s: a[s], after, selected),
+                              jax.tree.map(lambda b, s, k: b[s] * k, before, selected, beta),
+                              rtol=1e-6)
+  chex.assert_trees_all_equal(r.state.batch_stats, _host(original.batch_stats))  # no BN update
+
+
+def test_ssd_runs_on_multilabel(multilabel_state):
+  ds = helpers.tiny_dataset("multilabel")
+  state = multilabel_state
+  r = methods.run_detailed(methods.create("ssd"), state, ds,
+                           methods.RunConfig(batch_size=16, log_splits=()))
+  assert not r.halted and r.aux["forget_batches"] > 0
