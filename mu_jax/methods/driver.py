@@ -160,7 +160,7 @@ def spec_for(state: TrainState, data: Mapping[str, Examples], task: str) -> Spec
   model = getattr(state.apply_fn, "__self__", None)
   if model is None:
     raise ValueError("state.apply_fn must be a flax module's apply (model.apply)")
-  n_cls = state.params["fc"]["Dense_0"]["bias"].shape[-1]
+  n_cls = getattr(model, "num_classes", None) or state.params["fc"]["Dense_0"]["bias"].shape[-1]
   return Spec(model=model, task=task, num_classes=int(n_cls),
               image_shape=tuple(data["retain"].images.shape[1:]))
 
@@ -221,12 +221,22 @@ def run_detailed(unlearner: Unlearner, state: TrainState, data: Any,
   if bool(halted):  # a resumed run that had already diverged: nothing more to do
     epochs = []
     message = f"{unlearner.name}: the checkpointed run had stopped on a non-finite loss"
+  executables: dict[Any, tuple[Any, float]] = {}  # (phase step, batch shapes) -> (executable, s)
   for k, (phase, e) in enumerate(epochs):
     batches = _stream_batches(phase.stream, data, config.batch_size, config.seed, k, n_dev, phase.max_steps)
     if k < start:
       done_steps += len(batches)
       continue
     fn = _compile_phase(phase.step, phase.augment)
+    compile_s = 0.0
+    if batches:
+      shapes = (fn, jax.tree.structure(batches[0]), tuple(np.shape(x) for x in jax.tree.leaves(batches[0])))
+      if shapes not in executables:
+        executables[shapes] = parallel.compile_timed(
+            fn, state, aux, parallel.shard(batches[0]), rng,
+            {"progress": jnp.float32(0), "epoch": jnp.int32(k)}, halted)
+        compile_s = executables[shapes][1]
+      fn = executables[shapes][0]
     t_epoch, seen_epoch = time.time(), seen
     sums: dict[str, jax.Array] = {}
     for i, b in enumerate(batches):
@@ -240,8 +250,10 @@ def run_detailed(unlearner: Unlearner, state: TrainState, data: Any,
       state, aux = jax.jit(phase.after)(state, aux)
     row = {"epoch_index": k + 1, "phase": phase.name, "phase_epoch": e + 1, "steps": len(batches),
            **{f"train_{n}": float(v) / max(len(batches), 1) for n, v in sums.items()},
-           # Unlearning cost of this epoch, evaluation excluded; a resumed run sums its rows.
-           "epoch_s": round(time.time() - t_epoch, 3), "examples": seen - seen_epoch}
+           # Unlearning cost of this epoch, evaluation and compilation (compile_s) excluded; a
+           # resumed run sums its rows.
+           "epoch_s": round(time.time() - t_epoch, 3), "examples": seen - seen_epoch,
+           "compile_s": round(compile_s, 3)}
     for name in config.log_splits:
       if name in data and len(data[name]):
         s = evaluate.summarize(evaluate.predict(state, data[name], task=task,

@@ -28,7 +28,7 @@ def predict(state: TrainState, examples: Examples, *, task: str, batch_size: int
     keep = mask > 0
     logits.append(out["logits"][keep])
     loss.append(out["loss"][keep])
-  n_cls = state.params["fc"]["Dense_0"]["bias"].shape[-1] if "fc" in state.params else 0
+  n_cls = getattr(getattr(state.apply_fn, "__self__", None), "num_classes", 0)
   return {
       "logits": np.concatenate(logits) if logits else np.zeros((0, n_cls), np.float32),
       "loss": np.concatenate(loss) if loss else np.zeros((0,), np.float32),

@@ -111,8 +111,9 @@ def fit(model, train: Examples, cfg: TrainConfig, *, task: str, seed: int, stage
   Returns:
     The final state (replicated over devices), the wall seconds and examples processed by this
     call, and the epoch it resumed from (0 for a fresh run). Each metrics.jsonl row carries its
-    epoch's ``epoch_s`` (training only, evaluation excluded) and ``examples``, so the cost of a
-    stage interrupted and resumed is the sum over its rows.
+    epoch's ``epoch_s`` (training only: evaluation and the one-time compilation, logged as
+    ``compile_s`` in the first row of each run, excluded) and ``examples``, so the cost of a stage
+    interrupted and resumed is the sum over its rows.
   """
   n_dev = parallel.num_devices()
   batch = pipeline.effective_batch_size(len(train), cfg.batch_size, n_dev)
@@ -132,11 +133,14 @@ def fit(model, train: Examples, cfg: TrainConfig, *, task: str, seed: int, stage
   state = parallel.replicate(state)
   step_fn = steps.compiled_train_step(task, cfg.augment)
   step_rng = jax.random.fold_in(rng, 1)
-  t0, seen = time.time(), 0
+  t0, seen, compile_s = time.time(), 0, 0.0
   for epoch in range(start_epoch, cfg.epochs):
+    batches = pipeline.train_batches(len(train), batch, seed, epoch)
+    if epoch == start_epoch:
+      step_fn, compile_s = parallel.compile_timed(
+          step_fn, state, parallel.shard(pipeline.host_batch(train, batches[0])), step_rng)
     t_epoch, seen_epoch = time.time(), seen
     sums: dict[str, float] = {}
-    batches = pipeline.train_batches(len(train), batch, seed, epoch)
     bar = tqdm(batches, desc=f"{os.path.basename(stage_dir)} epoch {epoch + 1}/{cfg.epochs}",
                disable=not progress, leave=False)
     for i, idx in enumerate(bar):
@@ -150,6 +154,8 @@ def fit(model, train: Examples, cfg: TrainConfig, *, task: str, seed: int, stage
            "train_loss": float(sums["loss"]) / len(batches),
            "train_accuracy": float(sums["accuracy"]) / len(batches),
            "epoch_s": round(time.time() - t_epoch, 3), "examples": seen - seen_epoch}
+    if epoch == start_epoch:
+      row["compile_s"] = round(compile_s, 3)
     for name, ex in (eval_sets or {}).items():
       s = evaluate.summarize(evaluate.predict(state, ex, task=task, batch_size=cfg.eval_batch_size), task)
       row[f"{name}_loss"], row[f"{name}_accuracy"] = s["loss"], s["accuracy"]

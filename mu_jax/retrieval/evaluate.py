@@ -1,0 +1,255 @@
+"""Embeddings through a data-parallel eval step, retrieval rows, result files and the PCA plot.
+
+Device code computes embeddings (eval mode, no augmentation); the metrics run on the host with
+:mod:`mu_jax.retrieval.metrics`. A row has the DESIGN.md retrieval keys (``forget_map``,
+``forget_rank1``, ``retain_map``, ``retain_rank1``, ``forget_compactness``, ``retain_compactness``,
+``identifiability``) plus ``retain_tar_at_far_1e-3`` and the held-out persons' ``heldout_map`` and
+``heldout_rank1`` (how well the model retrieves people it never trained on: the level a model that
+never saw the forgotten persons reaches on them).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import special
+
+from mu_jax import checkpoints, parallel
+from mu_jax.data import pipeline
+from mu_jax.data.splits import Examples
+from mu_jax.retrieval import metrics
+from mu_jax.training.state import TrainState
+
+# Columns of the results table, in order, with the direction that is better for each.
+TABLE_COLUMNS = (
+    ("forget_map", "forget mAP", "↓ (near retrained)"),
+    ("forget_rank1", "forget R@1", "↓ (near retrained)"),
+    ("retain_map", "retain mAP", "↑"),
+    ("retain_rank1", "retain R@1", "↑"),
+    ("forget_compactness", "forget CS", "↓"),
+    ("retain_compactness", "retain CS", "≈ original"),
+    ("identifiability", "forget ident.", "↓"),
+    ("retain_tar_at_far_1e-3", "retain TAR@FAR1e-3", "↑"),
+    ("heldout_map", "held-out mAP", "≈ original"),
+    ("wall_s", "wall s", "↓"),
+    ("cost_vs_retrain", "wall/retrain", "↓"),
+    ("examples_vs_retrain", "examples/retrain", "↓"),
+)
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Per-example eval-mode embeddings and plain cosine logits (sharded like the batch)."""
+  logits, emb = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                               pipeline.to_float(batch["image"]), train=False, features=True)
+  return {"embedding": emb.astype(jnp.float32), "logits": logits.astype(jnp.float32)}
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_eval_step():
+  return parallel.data_parallel(eval_step, in_specs=(parallel.REPLICATED, parallel.SHARDED),
+                                out_specs=parallel.SHARDED)
+
+
+def outputs(state: TrainState, examples: Examples, batch_size: int = 256) -> dict[str, np.ndarray]:
+  """Embeddings, logits and per-example losses of every example, in order.
+
+  Returns:
+    ``{"embedding" [N, d], "logits" [N, C], "loss" [N], "label", "identity", "example_id"}``:
+    the per-example output contract plus the embeddings. ``loss`` is the cross-entropy of the plain
+    cosine logits for labels inside the head, nan for held-out persons (no class of theirs).
+  """
+  n_dev = parallel.num_devices()
+  batch_size = max(n_dev, (batch_size // n_dev) * n_dev)
+  step = _compiled_eval_step()
+  state = parallel.replicate(state)
+  embs, logits = [], []
+  for idx, mask in pipeline.eval_batches(len(examples), batch_size):
+    out = parallel.to_host(step(state, parallel.shard(pipeline.host_batch(examples, idx))))
+    keep = mask > 0
+    embs.append(out["embedding"][keep])
+    logits.append(out["logits"][keep])
+  n_cls = state.params["fc"]["Dense_0"]["kernel"].shape[-1]
+  dim = state.params["fc"]["Dense_0"]["kernel"].shape[0]
+  emb = np.concatenate(embs) if embs else np.zeros((0, dim), np.float32)
+  lg = np.concatenate(logits) if logits else np.zeros((0, n_cls), np.float32)
+  labels = np.asarray(examples.labels)
+  inside = (labels >= 0) & (labels < n_cls)
+  loss = np.zeros((len(lg),), np.float32)
+  if len(lg):
+    true = np.take_along_axis(lg, np.clip(labels, 0, n_cls - 1)[:, None].astype(np.int64), -1)[:, 0]
+    loss = np.where(inside, special.logsumexp(lg, axis=-1) - true, np.nan).astype(np.float32)
+  return {"embedding": emb, "logits": lg, "loss": loss,
+          "label": labels, "identity": examples.identities, "example_id": examples.example_ids}
+
+
+def embed(state: TrainState, examples: Examples, batch_size: int = 256) -> np.ndarray:
+  """Eval-mode unit embeddings [N, d] of every example, in order."""
+  return outputs(state, examples, batch_size)["embedding"]
+
+
+def retrieval_summary(emb: np.ndarray, ids: np.ndarray, seed: int = 0) -> dict[str, float]:
+  """mAP and Rank-1 over every identity of a set (one query per identity, the rest as gallery)."""
+  q, g = metrics.gallery_query_split(ids, 1, seed)
+  if len(q) == 0 or len(g) == 0:
+    return {"map": float("nan"), "rank1": float("nan")}
+  return metrics.retrieval_metrics(emb[q], ids[q], emb[g], ids[g])
+
+
+def evaluate_embeddings(train_emb: np.ndarray, train_ids: np.ndarray,
+                        forget_identities: Sequence[str], heldout_emb: np.ndarray | None = None,
+                        heldout_ids: np.ndarray | None = None, seed: int = 0) -> dict[str, float]:
+  """A retrieval row from embeddings of the train persons (and optionally the held-out persons).
+
+  Args:
+    train_emb: [N, d] embeddings of every train image (forget and retain persons).
+    train_ids: [N] their persons.
+    forget_identities: the forgotten persons.
+    heldout_emb: [M, d] embeddings of held-out persons, or None.
+    heldout_ids: [M] their persons.
+    seed: the query choice.
+
+  Returns:
+    :func:`mu_jax.retrieval.metrics.evaluate_retrieval`'s keys plus ``heldout_map`` and
+    ``heldout_rank1`` (nan without held-out persons).
+  """
+  row = metrics.evaluate_retrieval(train_emb, train_ids, forget_identities, seed=seed)
+  held = {"map": float("nan"), "rank1": float("nan")}
+  if heldout_emb is not None and len(heldout_emb):
+    held = retrieval_summary(heldout_emb, heldout_ids, seed)
+  row["heldout_map"], row["heldout_rank1"] = held["map"], held["rank1"]
+  return row
+
+
+def evaluate_state(state: TrainState, train: Examples, forget_identities: Sequence[str],
+                   heldout: Examples | None = None, seed: int = 0, batch_size: int = 256,
+                   outputs_dir: str | None = None) -> dict[str, float]:
+  """Embeds the sets with ``state`` and returns the retrieval row.
+
+  Args:
+    state: the model.
+    train: the train persons' images.
+    forget_identities: the forgotten persons.
+    heldout: held-out persons' images, or None.
+    seed: the query choice.
+    batch_size: eval batch.
+    outputs_dir: if given, ``train.npz`` and ``heldout.npz`` per-example outputs (with embeddings)
+      are written there (``WORKDIR/retrieval/<stage>/outputs``).
+  """
+  out_t = outputs(state, train, batch_size)
+  out_h = outputs(state, heldout, batch_size) if heldout is not None and len(heldout) else None
+  if outputs_dir:
+    checkpoints.save_outputs(outputs_dir, "train", out_t)
+    if out_h is not None:
+      checkpoints.save_outputs(outputs_dir, "heldout", out_h)
+  return evaluate_embeddings(out_t["embedding"], np.asarray(train.identities), forget_identities,
+                             None if out_h is None else out_h["embedding"],
+                             None if out_h is None else np.asarray(heldout.identities), seed)
+
+
+def _fmt(v: Any) -> str:
+  if isinstance(v, float):
+    return "nan" if math.isnan(v) else f"{v:.3f}"
+  return str(v)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+  """The rows as a Markdown table (the :data:`TABLE_COLUMNS`, arrows say which way is better)."""
+  head = "| model | " + " | ".join(f"{t} {d}" for _, t, d in TABLE_COLUMNS) + " |"
+  sep = "|" + "---|" * (len(TABLE_COLUMNS) + 1)
+  body = ["| " + str(r["model"]) + " | " + " | ".join(_fmt(r.get(k, float("nan")))
+                                                     for k, _, _ in TABLE_COLUMNS) + " |" for r in rows]
+  return "\n".join([head, sep, *body])
+
+
+def write_results(results_dir: str, rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any],
+                  manifest_hash: str, name: str = "retrieval") -> dict[str, str]:
+  """Writes ``<name>.json`` ({config, manifest_hash, rows}), ``<name>.csv`` and ``<name>.md``.
+
+  Returns:
+    {"json", "csv", "md"}: the paths written.
+  """
+  os.makedirs(results_dir, exist_ok=True)
+  paths = {ext: os.path.join(results_dir, f"{name}.{ext}") for ext in ("json", "csv", "md")}
+  checkpoints.write_json(paths["json"], {"config": dict(config), "manifest_hash": manifest_hash,
+                                         "rows": [dict(r) for r in rows]})
+  keys = list(dict.fromkeys(k for r in rows for k in r))
+  tmp = paths["csv"] + ".tmp"
+  with open(tmp, "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=keys)
+    w.writeheader()
+    for r in rows:
+      w.writerow({k: r.get(k, "") for k in keys})
+  os.replace(tmp, paths["csv"])
+  with open(paths["md"], "w") as f:
+    f.write(markdown_table(rows) + "\n")
+  return paths
+
+
+def pca_2d(emb: np.ndarray) -> np.ndarray:
+  """Projects embeddings on their first two principal components (host numpy SVD)."""
+  x = np.asarray(emb, np.float64)
+  x = x - x.mean(0)
+  _, _, vt = np.linalg.svd(x, full_matrices=False)
+  return x @ vt[:2].T
+
+
+def pca_plot(path: str, panels: Sequence[tuple[str, np.ndarray, np.ndarray]],
+             forget_identities: Sequence[str], max_retain: int = 400, seed: int = 0) -> str:
+  """Saves a grid of 2-D PCA scatter plots, one panel per model.
+
+  Each panel fits its own PCA on that model's embeddings, so it shows the model's own geometry:
+  forgotten persons in colour (one colour each), retained persons in grey (at most ``max_retain``
+  points, drawn with ``seed``).
+
+  Args:
+    path: the PNG to write.
+    panels: (title, embeddings [N, d], identities [N]) per model, the same images in each.
+    forget_identities: the forgotten persons.
+    max_retain: retain points drawn per panel.
+    seed: the subsample.
+
+  Returns:
+    ``path``.
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  forget = list(forget_identities)
+  cols = min(4, max(1, len(panels)))
+  rows = math.ceil(len(panels) / cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False)
+  cmap = plt.get_cmap("tab10" if len(forget) <= 10 else "tab20")
+  for ax, (title, emb, ids) in zip(axes.flat, panels):
+    ids = np.asarray(ids)
+    is_f = np.isin(ids, forget)
+    r_idx = np.nonzero(~is_f)[0]
+    if len(r_idx) > max_retain:
+      r_idx = np.sort(np.random.default_rng(seed).choice(r_idx, max_retain, replace=False))
+    keep = np.concatenate([r_idx, np.nonzero(is_f)[0]])
+    xy = pca_2d(emb[keep])
+    n_r = len(r_idx)
+    ax.scatter(xy[:n_r, 0], xy[:n_r, 1], s=5, c="0.75", label="retain")
+    f_ids = ids[keep][n_r:]
+    for j, person in enumerate(forget):
+      sel = f_ids == person
+      ax.scatter(xy[n_r:][sel, 0], xy[n_r:][sel, 1], s=14, color=cmap(j % cmap.N), marker="o",
+                 edgecolors="k", linewidths=0.3)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+  for ax in list(axes.flat)[len(panels):]:
+    ax.axis("off")
+  fig.suptitle("Embeddings (PCA): forgotten persons in colour, retained in grey", fontsize=10)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path

@@ -1,0 +1,185 @@
+"""Training the embedding models (original and retrained) with a margin head: deterministic, resumable.
+
+The classification fit loop (:func:`mu_jax.training.fit.fit`) computes its loss from the model's
+plain logits; a margin head needs the labels inside the forward pass, so this module has its own
+step and loop. Everything else is shared: :class:`~mu_jax.training.fit.TrainConfig` recipes, the
+optimizer and schedule of :func:`~mu_jax.training.fit.new_state`, seeded epochs and augmentation from
+:mod:`mu_jax.data.pipeline`, orbax checkpoints, ``metrics.jsonl`` and ``done.json``. As in
+``fit``, epoch ``e``'s order depends only on (seed, e) and step ``t``'s augmentation only on
+(seed, t), so a resumed run ends with the parameters of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import numpy as np
+import optax
+from absl import logging
+from jax import lax
+from tqdm.auto import tqdm
+
+from mu_jax import checkpoints, parallel
+from mu_jax.data import pipeline
+from mu_jax.data.splits import Examples
+from mu_jax.retrieval import evaluate as retrieval_eval
+from mu_jax.retrieval import model as model_lib
+from mu_jax.training import fit as fitlib
+from mu_jax.training import steps
+from mu_jax.training.state import TrainState
+
+
+def margin_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-example softmax cross-entropy of margin logits (:func:`model.margin_logits`)."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits.astype("float32"),
+                                                         labels.astype("int32"))
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, augment: bool
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on the margin loss (per device; gradients averaged over the data axis).
+
+  ``accuracy`` is top-1 of the plain cosine logits (no margin), the identity accuracy of the head.
+  """
+  images = steps.prepare_images(batch, rng, augment)
+  labels = batch["label"]
+
+  def loss_fn(params):
+    logits, emb, stats = model_lib.embed(state, params, state.batch_stats, images, train=True,
+                                         labels=labels)
+    return margin_loss(logits, labels).mean(), (emb, stats)
+
+  (loss, (emb, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads = lax.pmean(grads, parallel.AXIS)
+  state_new = state.apply_gradients(grads=grads, batch_stats=stats)
+  # Identity accuracy from the embeddings already computed (centres of the pre-update head).
+  centres = model_lib.l2_normalize(state.params["fc"]["Dense_0"]["kernel"], axis=0)
+  correct = (jax.numpy.argmax(emb @ centres, -1) == labels).astype("float32")
+  return state_new, lax.pmean({"loss": loss, "accuracy": correct.mean()}, parallel.AXIS)
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_train_step(augment: bool) -> Callable[..., Any]:
+  """The data-parallel margin step (state donated)."""
+  return parallel.data_parallel(
+      functools.partial(train_step, augment=augment),
+      in_specs=(parallel.REPLICATED, parallel.SHARDED, parallel.REPLICATED),
+      out_specs=(parallel.REPLICATED, parallel.REPLICATED), donate_argnums=(0,))
+
+
+def fit(model: model_lib.EmbeddingNet, train: Examples, cfg: fitlib.TrainConfig, *, seed: int,
+        stage_dir: str, eval_sets: Mapping[str, Examples] | None = None,
+        init_rng: jax.Array | None = None, progress: bool = True,
+        on_epoch_end: Callable[[int], None] | None = None) -> fitlib.FitResult:
+  """Trains an embedding model on identity labels from scratch, or resumes from ``stage_dir``.
+
+  Args:
+    model: an :class:`~mu_jax.retrieval.model.EmbeddingNet`.
+    train: training examples; labels are identity indices in 0..num_classes-1.
+    cfg: the recipe.
+    seed: seeds the initialisation, the data order and the augmentation.
+    stage_dir: checkpoints, ``metrics.jsonl`` go there.
+    eval_sets: sets whose retrieval mAP and Rank-1 (one query per identity, cosine similarity)
+      are logged after every epoch as ``<name>_map`` and ``<name>_rank1``.
+    init_rng: initialisation key (default: derived from ``seed``, as ``fit`` does).
+    progress: show a progress bar.
+    on_epoch_end: called with the finished epoch after its checkpoint (tests interrupt with it).
+
+  Returns:
+    A :class:`~mu_jax.training.fit.FitResult`.
+  """
+  n_dev = parallel.num_devices()
+  batch = pipeline.effective_batch_size(len(train), cfg.batch_size, n_dev)
+  steps_per_epoch = len(train) // batch
+  rng = jax.random.key(seed)
+  state = fitlib.new_state(model, init_rng if init_rng is not None else jax.random.fold_in(rng, 0),
+                           train.images.shape[1:], cfg, steps_per_epoch)
+  ckpt = checkpoints.Checkpointer(os.path.join(stage_dir, "checkpoints"))
+  metrics_path = os.path.join(stage_dir, "metrics.jsonl")
+  start_epoch = 0
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(state)
+    start_epoch = int(state.step) // steps_per_epoch
+    logging.info("resuming %s from epoch %d", stage_dir, start_epoch)
+  checkpoints.truncate_jsonl(metrics_path, lambda r: r.get("epoch", 0) <= start_epoch)
+  state = parallel.replicate(state)
+  step_fn = compiled_train_step(cfg.augment)
+  step_rng = jax.random.fold_in(rng, 1)
+  t0, seen = time.time(), 0
+  for epoch in range(start_epoch, cfg.epochs):
+    sums: dict[str, float] = {}
+    batches = pipeline.train_batches(len(train), batch, seed, epoch)
+    bar = tqdm(batches, desc=f"{os.path.basename(stage_dir)} epoch {epoch + 1}/{cfg.epochs}",
+               disable=not progress, leave=False)
+    for i, idx in enumerate(bar):
+      state, m = step_fn(state, parallel.shard(pipeline.host_batch(train, idx)),
+                         jax.random.fold_in(step_rng, epoch * steps_per_epoch + i))
+      for k, v in m.items():
+        sums[k] = sums.get(k, 0.0) + v
+      seen += len(idx)
+    row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
+           "train_loss": float(sums["loss"]) / len(batches),
+           "train_accuracy": float(sums["accuracy"]) / len(batches),
+           "wall_s": round(time.time() - t0, 3)}
+    for name, ex in (eval_sets or {}).items():
+      r = retrieval_eval.retrieval_summary(retrieval_eval.embed(state, ex, cfg.eval_batch_size),
+                                           ex.identities)
+      row[f"{name}_map"], row[f"{name}_rank1"] = r["map"], r["rank1"]
+    if not np.isfinite(row["train_loss"]):
+      raise FloatingPointError(f"{stage_dir}: training loss is {row['train_loss']} at epoch "
+                               f"{epoch + 1}; the last finite checkpoint is kept")
+    checkpoints.append_jsonl(metrics_path, row)
+    ckpt.save((epoch + 1) * steps_per_epoch, parallel.to_host(state))
+    logging.info("%s %s", stage_dir, row)
+    if on_epoch_end is not None:
+      on_epoch_end(epoch + 1)
+  ckpt.close()
+  return fitlib.FitResult(state, time.time() - t0, seen, start_epoch)
+
+
+def _done_path(stage_dir: str) -> str:
+  return os.path.join(stage_dir, "done.json")
+
+
+def train_stage(model: model_lib.EmbeddingNet, train: Examples, cfg: fitlib.TrainConfig, *,
+                seed: int, stage_dir: str, eval_sets: Mapping[str, Examples] | None = None,
+                progress: bool = True) -> dict[str, Any]:
+  """Trains, resumes or skips (when ``done.json`` exists) one stage; returns its done.json record.
+
+  The original and retrained models call this with the same ``seed``, so they start from the same
+  initialisation, as the classification stages do.
+  """
+  done = _done_path(stage_dir)
+  if os.path.exists(done):
+    return checkpoints.read_json(done)
+  result = fit(model, train, cfg, seed=seed, stage_dir=stage_dir, eval_sets=eval_sets,
+               progress=progress)
+  # wall_s covers this call only; a resumed stage says so in resumed_from_epoch.
+  record = {"stage": os.path.basename(stage_dir), "wall_s": result.wall_s,
+            "examples": result.examples, "resumed_from_epoch": result.resumed_from_epoch,
+            "train_size": len(train), "epochs": cfg.epochs}
+  checkpoints.write_json(done, record)
+  return record
+
+
+def load_stage(model: model_lib.EmbeddingNet, train: Examples, cfg: fitlib.TrainConfig,
+               stage_dir: str) -> TrainState:
+  """The final checkpoint of a finished stage, as a host state with the recipe's optimizer.
+
+  Raises:
+    CheckpointError: the stage has not finished or its checkpoint belongs to another model.
+  """
+  if not os.path.exists(_done_path(stage_dir)):
+    raise checkpoints.CheckpointError(f"{stage_dir} has not finished training")
+  n_dev = parallel.num_devices()
+  batch = pipeline.effective_batch_size(len(train), cfg.batch_size, n_dev)
+  template = fitlib.new_state(model, jax.random.key(0), train.images.shape[1:], cfg,
+                              max(1, len(train) // batch))
+  ckpt = checkpoints.Checkpointer(os.path.join(stage_dir, "checkpoints"))
+  state = ckpt.restore(template)
+  ckpt.close()
+  return state
