@@ -43,6 +43,7 @@ from flax import serialization
 from ml_collections import config_flags
 
 from mu_jax import audit, checkpoints, runner, sisa
+from mu_jax.data.splits import DataError
 from mu_jax.evaluation import mia, report
 from mu_jax.sisa import aggregate as agg
 
@@ -330,7 +331,7 @@ def main(argv):
              forget=_FORGET.value, identities=_IDENTITIES.value, ids=_IDS.value,
              partition=_PARTITION.value, aggregation=_AGGREGATION.value, mode=_MODE.value,
              batch_size=_BATCH.value, full_retrain=_FULL_RETRAIN.value, overwrite=_OVERWRITE.value)
-  except (sisa.RequestError, checkpoints.WorkdirError) as e:
+  except (sisa.RequestError, checkpoints.WorkdirError, DataError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

@@ -21,8 +21,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  names = registry.parse_methods(_METHOD.value)  # before the workdir is touched
   exp = runner.Experiment.create(_CONFIG.value, _WORKDIR.value)
-  for name in registry.parse_methods(_METHOD.value):
+  for name in names:
     rec = exp.unlearn_stage(name)
     s = runner.quick_summary(exp.outputs(f"unlearned/{name}"), exp.task)
     print(f"{name}: forget {s['forget_acc']:.4f} retain {s['retain_acc']:.4f} test {s['test_acc']:.4f} "

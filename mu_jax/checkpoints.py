@@ -12,8 +12,10 @@ WORKDIR/<stage>/outputs/<split>.npz   per-example outputs
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 from typing import Any, Mapping
 
 import jax
@@ -80,9 +82,35 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state: Any, force: bool = True) -> None:
+    """Writes ``state`` as ``step``; a step already on disk is replaced.
+
+    A run killed after a save but before it recorded that the save happened (e.g. between an
+    unlearned model's ``final/0`` and its ``done.json``) saves the same step again when resumed.
+
+    Raises:
+      CheckpointError: the disk (or quota) is full. The half-written step is removed and the
+        previous checkpoints are left as they were, so the same command resumes once there is room.
+    """
     tree = jax.tree.map(np.asarray, serialization.to_state_dict(state))
-    self._manager.save(step, args=ocp.args.StandardSave(tree), force=force)
-    self._manager.wait_until_finished()
+    if step in self._manager.all_steps():
+      self._manager.delete(step)
+    try:
+      self._manager.save(step, args=ocp.args.StandardSave(tree), force=force)
+      self._manager.wait_until_finished()
+    except Exception as e:
+      if not _is_disk_full(e):
+        raise
+      # orbax leaves its temporary directory behind; removing it gives back the space it took.
+      for name in os.listdir(self.directory):
+        if name.startswith(f"{step}.orbax-checkpoint-tmp"):
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+      kept = self.latest_step()
+      raise CheckpointError(
+          f"no space left on device: could not write checkpoint step {step} to {self.directory} "
+          f"({type(e).__name__}: {str(e)[:300]}); "
+          + (f"the previous checkpoint (step {kept}) is intact" if kept is not None
+             else "no earlier checkpoint exists")
+          + "; free some space and run the same command again to resume") from e
 
   def restore(self, target: Any, step: int | None = None) -> Any:
     """Restores ``step`` (default: the latest) into the structure of ``target``.
@@ -104,6 +132,27 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _is_disk_full(e: BaseException) -> bool:
+  """Whether ``e`` (or an exception it came from) says the disk or the quota is full.
+
+  Python raises ``OSError(ENOSPC)``; tensorstore, which writes orbax's arrays, raises a
+  ``ValueError`` whose text carries the OS error.
+  """
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in _DISK_FULL:
+      return True
+    text = str(e)
+    if any(m in text for m in ("No space left on device", "Disk quota exceeded")):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
 
 
 def _check_shapes(template: Any, restored: Any, where: str) -> None:
@@ -142,7 +191,6 @@ def prepare_workdir(workdir: str, config: Mapping[str, Any], overwrite: bool = F
                          "--workdir or pass --overwrite to start it again")
     return
   if overwrite and os.path.exists(path):
-    import shutil
     for name in os.listdir(workdir):
       p = os.path.join(workdir, name)
       shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
@@ -166,11 +214,20 @@ def append_jsonl(path: str, row: Mapping[str, Any]) -> None:
 
 
 def truncate_jsonl(path: str, keep: Any) -> None:
-  """Keeps the rows for which ``keep(row)`` is true (after a resume, drops rows past the checkpoint)."""
+  """Keeps the rows for which ``keep(row)`` is true (after a resume: the rows up to the checkpoint).
+
+  A torn line (a write cut short by a full disk) is dropped too: it belongs to an epoch whose
+  checkpoint was not written.
+  """
   if not os.path.exists(path):
     return
+  rows = []
   with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
   tmp = f"{path}.tmp"
   with open(tmp, "w") as f:
     for r in rows:

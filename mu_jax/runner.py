@@ -43,13 +43,22 @@ class Experiment:
   def create(cls, config: Any, workdir: str, overwrite: bool = False) -> "Experiment":
     """Loads the data and prepares the workdir (see the module docstring).
 
+    Everything that can be checked without training (the config's values, the data, the model)
+    is checked before the workdir is touched, so a refused run writes nothing.
+
     Raises:
+      ValueError: a config value is out of range (see :func:`check_config`) or names an unknown
+        model.
       DataError: the data cannot be read or the split leaks identities.
       WorkdirError: the workdir holds another config's run and ``overwrite`` is false.
     """
     cfg = to_dict(config)
+    check_config(cfg)
     dataset = loader.load_dataset(cfg["data"])
     dataset.manifest.check()
+    m = cfg["model"]
+    model = create_model(m["name"], dataset.num_classes, width=m.get("width"),
+                         stem=m.get("stem", "imagenet"), dtype=m.get("dtype", "float32"))
     checkpoints.prepare_workdir(workdir, cfg, overwrite=overwrite)
     path = os.path.join(workdir, "manifest.json")
     if os.path.exists(path):
@@ -59,9 +68,6 @@ class Experiment:
                         f"{dataset.manifest.content_hash}: the files changed; use a new --workdir")
     else:
       dataset.manifest.save(path)
-    m = cfg["model"]
-    model = create_model(m["name"], dataset.num_classes, width=m.get("width"),
-                         stem=m.get("stem", "imagenet"), dtype=m.get("dtype", "float32"))
     return cls(cfg, workdir, dataset, model)
 
   @property
@@ -117,8 +123,16 @@ class Experiment:
     stage = f"unlearned/{name}"
     sdir = self.stage_dir(stage)
     done = os.path.join(sdir, "done.json")
+    resume_key = f"method:{name}"
     if os.path.exists(done):
-      return checkpoints.read_json(done)
+      record = checkpoints.read_json(done)
+      # done.json is written before the audit's complete line: a crash between the two leaves the
+      # request open, and this run closes it.
+      for pending in audit.incomplete_requests(self.workdir):
+        if pending.get("resume_key") == resume_key:
+          audit.complete_request(self.workdir, pending["request_id"],
+                                 {**record, "evaluation": quick_summary(self.outputs(stage), self.task)})
+      return record
     hparams = dict(hparams if hparams is not None else self.method_hparams(name))
     unlearner = methods.create(name, **hparams)
     unlearner.check_task(self.task)
@@ -126,7 +140,7 @@ class Experiment:
     request = audit.start_request(self.workdir, {
         "kind": "method", "method": name, "hparams": hparams, **self.audit_context(),
         "checkpoint_before": os.path.join(self.stage_dir("original"), "checkpoints"),
-        "checkpoint_after": os.path.join(sdir, "final")}, resume_key=f"method:{name}")
+        "checkpoint_after": os.path.join(sdir, "final")}, resume_key=resume_key)
     ucfg = self.config.get("unlearn", {})
     result = methods.run_detailed(unlearner, original, self.dataset, methods.RunConfig(
         batch_size=int(ucfg.get("batch_size", 64)), seed=int(ucfg.get("seed", 42)),
@@ -138,8 +152,8 @@ class Experiment:
     outputs = self.save_outputs(stage, result.state)
     record = {"stage": stage, "method": name, "hparams": hparams, **stage_cost(sdir),
               "halted": result.halted, "message": result.message}
-    audit.complete_request(self.workdir, request, {**record, "evaluation": quick_summary(outputs, self.task)})
     checkpoints.write_json(done, record)
+    audit.complete_request(self.workdir, request, {**record, "evaluation": quick_summary(outputs, self.task)})
     return record
 
   def method_hparams(self, name: str) -> dict[str, Any]:
@@ -204,14 +218,52 @@ class Experiment:
     return out
 
 
+def check_config(cfg: Mapping[str, Any]) -> None:
+  """Refuses config values that would fail (or silently mean something else) once work started.
+
+  Checks the ``train`` and ``retrain`` recipes (:class:`~mu_jax.training.fit.TrainConfig`: known
+  fields, positive epochs, batch size and learning rate, ...), the seed, the model width and the
+  unlearning batch size; batch sizes must split evenly over the devices, as every step needs.
+
+  Raises:
+    ValueError: naming the config field and the value.
+  """
+  seed = cfg.get("seed", 0)
+  if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+    raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+  n_dev = parallel.num_devices()
+  for section in ("train", "retrain"):
+    merged = dict(cfg["train"], **(cfg.get("retrain") or {}) if section == "retrain" else {})
+    try:
+      tc = fitlib.TrainConfig.from_config(merged)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"config.{section}: {e}") from e
+    if tc.batch_size % n_dev:
+      raise ValueError(f"config.{section}.batch_size={tc.batch_size} is not divisible by the "
+                       f"{n_dev} devices")
+    if tc.eval_batch_size <= 0:
+      raise ValueError(f"config.{section}.eval_batch_size must be positive, got "
+                       f"{tc.eval_batch_size}")
+  width = cfg["model"].get("width")
+  # create_model reads width 0 as "the default width", which is not what a 0 asks for.
+  if width is not None and (not isinstance(width, int) or width <= 0):
+    raise ValueError(f"model.width must be a positive integer, got {width!r}")
+  ubs = (cfg.get("unlearn") or {}).get("batch_size", 64)
+  if not isinstance(ubs, int) or ubs <= 0 or ubs % n_dev:
+    raise ValueError(f"unlearn.batch_size must be a positive multiple of the {n_dev} devices, "
+                     f"got {ubs!r}")
+
+
 def stage_cost(stage_dir: str) -> dict[str, Any]:
-  """Wall seconds and examples of a stage summed over its metrics.jsonl rows (resumes included)."""
+  """Wall seconds (compilation excluded), compile seconds and examples of a stage, summed over its
+  metrics.jsonl rows (resumed runs included)."""
   path = os.path.join(stage_dir, "metrics.jsonl")
   rows = []
   if os.path.exists(path):
     with open(path) as f:
       rows = [json.loads(line) for line in f if line.strip()]
   return {"wall_s": float(sum(r.get("epoch_s", 0.0) for r in rows)),
+          "compile_s": float(sum(r.get("compile_s", 0.0) for r in rows)),
           "examples": int(sum(r.get("examples", 0) for r in rows))}
 
 

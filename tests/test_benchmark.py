@@ -88,3 +88,18 @@ def test_checkpoint_of_another_model_is_refused(finished):
                           runner.create_model("small_cnn", 8, width=8))
   with pytest.raises(checkpoints.CheckpointError, match="another model"):
     exp.load_state("original")
+
+
+def test_crash_between_done_and_audit_completion_is_closed_on_rerun(finished):
+  wd, _, _ = finished
+  path = os.path.join(wd, audit.LOG_NAME)
+  lines = open(path).read().splitlines(keepends=True)
+  last_complete = max(i for i, l in enumerate(lines) if json.loads(l)["status"] == "complete")
+  request_id = json.loads(lines[last_complete])["request_id"]
+  with open(path, "w") as f:  # as if killed after done.json, before the complete line
+    f.writelines(lines[:last_complete] + lines[last_complete + 1:])
+  assert [r["request_id"] for r in audit.incomplete_requests(wd)] == [request_id]
+  benchmark.run_benchmark(tiny_config(), wd, ["finetune", "neggrad"], progress=False, log=lambda _: None)
+  assert not audit.incomplete_requests(wd)
+  completes = [r["request_id"] for r in audit.read_requests(wd) if r["status"] == "complete"]
+  assert sorted(completes) == sorted(set(completes)) and request_id in completes

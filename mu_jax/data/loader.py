@@ -9,8 +9,12 @@ from mu_jax.data.splits import DataError, FaceDataset
 
 def _forget_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
   f = dict(cfg.get("forget", {}))
-  return {"forget_mode": f.get("mode", "identity"), "forget_count": f.get("count"),
-          "forget_fraction": f.get("fraction"), "forget_identities": f.get("identities") or None,
+  count, names = f.get("count"), f.get("identities") or None
+  # The configs default to a fraction; a count or names given on top of it replace it. ``is not
+  # None``, so that count 0 is refused as an empty request instead of falling back to the fraction.
+  fraction = None if count is not None or names is not None else f.get("fraction")
+  return {"forget_mode": f.get("mode", "identity"), "forget_count": count,
+          "forget_fraction": fraction, "forget_identities": names,
           "forget_seed": f.get("seed", 0)}
 
 
