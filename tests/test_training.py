@@ -5,7 +5,6 @@ import os
 
 import chex
 import jax
-import numpy as np
 import pytest
 
 from mu_jax import parallel

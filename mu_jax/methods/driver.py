@@ -24,13 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from flax import serialization
 
 from mu_jax import checkpoints, parallel
 from mu_jax.data import pipeline
 from mu_jax.data.splits import Examples, FaceDataset
-from mu_jax.methods.base import Phase, Spec, Unlearner
-from mu_jax.training import evaluate, steps
+from mu_jax.methods.base import Spec, Unlearner
+from mu_jax.training import evaluate
 from mu_jax.training.state import TrainState
 
 

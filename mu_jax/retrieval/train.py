@@ -1,8 +1,8 @@
 """Training the embedding models (original and retrained) with a margin head: deterministic, resumable.
 
-The classification fit loop (:func:`mu_jax.training.fit.fit`) computes its loss from the model's
-plain logits; a margin head needs the labels inside the forward pass, so this module has its own
-step and loop. Everything else is shared: :class:`~mu_jax.training.fit.TrainConfig` recipes, the
+A margin head needs the labels inside the forward pass, so this module has its own train step; the
+loop is the classification one (:func:`mu_jax.training.fit.fit`) with that step and a retrieval
+evaluation after every epoch. Everything else is shared too: :class:`~mu_jax.training.fit.TrainConfig` recipes, the
 optimizer and schedule of :func:`~mu_jax.training.fit.new_state`, seeded epochs and augmentation from
 :mod:`mu_jax.data.pipeline`, orbax checkpoints, ``metrics.jsonl`` and ``done.json``. As in
 ``fit``, epoch ``e``'s order depends only on (seed, e) and step ``t``'s augmentation only on
@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from typing import Any, Callable, Mapping
 
 import jax
-import numpy as np
 import optax
-from absl import logging
 from jax import lax
-from tqdm.auto import tqdm
 
 from mu_jax import checkpoints, parallel
 from mu_jax.data import pipeline
@@ -30,6 +26,7 @@ from mu_jax.retrieval import evaluate as retrieval_eval
 from mu_jax.retrieval import model as model_lib
 from mu_jax.training import fit as fitlib
 from mu_jax.training import steps
+from mu_jax.runner import stage_cost
 from mu_jax.training.state import TrainState
 
 
@@ -92,53 +89,17 @@ def fit(model: model_lib.EmbeddingNet, train: Examples, cfg: fitlib.TrainConfig,
   Returns:
     A :class:`~mu_jax.training.fit.FitResult`.
   """
-  n_dev = parallel.num_devices()
-  batch = pipeline.effective_batch_size(len(train), cfg.batch_size, n_dev)
-  steps_per_epoch = len(train) // batch
-  rng = jax.random.key(seed)
-  state = fitlib.new_state(model, init_rng if init_rng is not None else jax.random.fold_in(rng, 0),
-                           train.images.shape[1:], cfg, steps_per_epoch)
-  ckpt = checkpoints.Checkpointer(os.path.join(stage_dir, "checkpoints"))
-  metrics_path = os.path.join(stage_dir, "metrics.jsonl")
-  start_epoch = 0
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(state)
-    start_epoch = int(state.step) // steps_per_epoch
-    logging.info("resuming %s from epoch %d", stage_dir, start_epoch)
-  checkpoints.truncate_jsonl(metrics_path, lambda r: r.get("epoch", 0) <= start_epoch)
-  state = parallel.replicate(state)
-  step_fn = compiled_train_step(cfg.augment)
-  step_rng = jax.random.fold_in(rng, 1)
-  t0, seen = time.time(), 0
-  for epoch in range(start_epoch, cfg.epochs):
-    sums: dict[str, float] = {}
-    batches = pipeline.train_batches(len(train), batch, seed, epoch)
-    bar = tqdm(batches, desc=f"{os.path.basename(stage_dir)} epoch {epoch + 1}/{cfg.epochs}",
-               disable=not progress, leave=False)
-    for i, idx in enumerate(bar):
-      state, m = step_fn(state, parallel.shard(pipeline.host_batch(train, idx)),
-                         jax.random.fold_in(step_rng, epoch * steps_per_epoch + i))
-      for k, v in m.items():
-        sums[k] = sums.get(k, 0.0) + v
-      seen += len(idx)
-    row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
-           "train_loss": float(sums["loss"]) / len(batches),
-           "train_accuracy": float(sums["accuracy"]) / len(batches),
-           "wall_s": round(time.time() - t0, 3)}
+  def evaluate_epoch(state: TrainState) -> dict[str, float]:
+    row = {}
     for name, ex in (eval_sets or {}).items():
       r = retrieval_eval.retrieval_summary(retrieval_eval.embed(state, ex, cfg.eval_batch_size),
                                            ex.identities)
       row[f"{name}_map"], row[f"{name}_rank1"] = r["map"], r["rank1"]
-    if not np.isfinite(row["train_loss"]):
-      raise FloatingPointError(f"{stage_dir}: training loss is {row['train_loss']} at epoch "
-                               f"{epoch + 1}; the last finite checkpoint is kept")
-    checkpoints.append_jsonl(metrics_path, row)
-    ckpt.save((epoch + 1) * steps_per_epoch, parallel.to_host(state))
-    logging.info("%s %s", stage_dir, row)
-    if on_epoch_end is not None:
-      on_epoch_end(epoch + 1)
-  ckpt.close()
-  return fitlib.FitResult(state, time.time() - t0, seen, start_epoch)
+    return row
+
+  return fitlib.fit(model, train, cfg, task="multiclass", seed=seed, stage_dir=stage_dir,
+                    init_rng=init_rng, progress=progress, on_epoch_end=on_epoch_end,
+                    train_step=compiled_train_step(cfg.augment), evaluate_epoch=evaluate_epoch)
 
 
 def _done_path(stage_dir: str) -> str:
@@ -158,10 +119,9 @@ def train_stage(model: model_lib.EmbeddingNet, train: Examples, cfg: fitlib.Trai
     return checkpoints.read_json(done)
   result = fit(model, train, cfg, seed=seed, stage_dir=stage_dir, eval_sets=eval_sets,
                progress=progress)
-  # wall_s covers this call only; a resumed stage says so in resumed_from_epoch.
-  record = {"stage": os.path.basename(stage_dir), "wall_s": result.wall_s,
-            "examples": result.examples, "resumed_from_epoch": result.resumed_from_epoch,
-            "train_size": len(train), "epochs": cfg.epochs}
+  record = {"stage": os.path.basename(stage_dir), **stage_cost(stage_dir),
+            "resumed_from_epoch": result.resumed_from_epoch, "train_size": len(train),
+            "epochs": cfg.epochs}
   checkpoints.write_json(done, record)
   return record
 

@@ -91,7 +91,9 @@ class FitResult:
 
 def fit(model, train: Examples, cfg: TrainConfig, *, task: str, seed: int, stage_dir: str,
         eval_sets: Mapping[str, Examples] | None = None, init_rng: jax.Array | None = None,
-        progress: bool = True, on_epoch_end: Callable[[int], None] | None = None) -> FitResult:
+        progress: bool = True, on_epoch_end: Callable[[int], None] | None = None,
+        train_step: Callable[..., Any] | None = None,
+        evaluate_epoch: Callable[[TrainState], Mapping[str, float]] | None = None) -> FitResult:
   """Trains ``model`` on ``train`` from scratch, or resumes from ``stage_dir``'s checkpoints.
 
   Args:
@@ -107,6 +109,11 @@ def fit(model, train: Examples, cfg: TrainConfig, *, task: str, seed: int, stage
     progress: show a progress bar.
     on_epoch_end: called with the finished epoch number after its checkpoint is written (tests use
       it to interrupt a run).
+    train_step: the compiled data-parallel step ``(state, batch, rng) -> (state, metrics)`` with
+      metrics ``loss`` and ``accuracy`` (default: the task-loss step; retrieval passes its margin
+      step).
+    evaluate_epoch: ``state -> {column: value}`` logged after every epoch in place of the
+      ``eval_sets`` loss and accuracy.
 
   Returns:
     The final state (replicated over devices), the wall seconds and examples processed by this
@@ -131,7 +138,7 @@ def fit(model, train: Examples, cfg: TrainConfig, *, task: str, seed: int, stage
   # Rows logged after the restored checkpoint belong to a run that did not finish its epoch.
   checkpoints.truncate_jsonl(metrics_path, lambda r: r.get("epoch", 0) <= start_epoch)
   state = parallel.replicate(state)
-  step_fn = steps.compiled_train_step(task, cfg.augment)
+  step_fn = train_step or steps.compiled_train_step(task, cfg.augment)
   step_rng = jax.random.fold_in(rng, 1)
   t0, seen, compile_s = time.time(), 0, 0.0
   for epoch in range(start_epoch, cfg.epochs):
@@ -156,6 +163,8 @@ def fit(model, train: Examples, cfg: TrainConfig, *, task: str, seed: int, stage
            "epoch_s": round(time.time() - t_epoch, 3), "examples": seen - seen_epoch}
     if epoch == start_epoch:
       row["compile_s"] = round(compile_s, 3)
+    if evaluate_epoch is not None:
+      row.update(evaluate_epoch(state))
     for name, ex in (eval_sets or {}).items():
       s = evaluate.summarize(evaluate.predict(state, ex, task=task, batch_size=cfg.eval_batch_size), task)
       row[f"{name}_loss"], row[f"{name}_accuracy"] = s["loss"], s["accuracy"]
