@@ -41,7 +41,7 @@ def write_json(path: str, obj: Any) -> None:
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   tmp = f"{path}.tmp.{os.getpid()}"
   with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True, default=_json_default)
+    json.dump(obj, f, indent=1, sort_keys=True, default=json_default)
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
@@ -52,7 +52,7 @@ def read_json(path: str) -> Any:
     return json.load(f)
 
 
-def _json_default(x: Any) -> Any:
+def json_default(x: Any) -> Any:
   if isinstance(x, (np.floating, np.integer)):
     return x.item()
   if isinstance(x, np.ndarray):
@@ -180,7 +180,7 @@ def prepare_workdir(workdir: str, config: Mapping[str, Any], overwrite: bool = F
   """
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
-  config = json.loads(json.dumps(dict(config), default=_json_default))
+  config = json.loads(json.dumps(dict(config), default=json_default))
   if os.path.exists(path) and not overwrite:
     old = read_json(path)
     diff = [k for k in WORKDIR_KEYS if old.get(k) != config.get(k)]
@@ -200,7 +200,7 @@ def prepare_workdir(workdir: str, config: Mapping[str, Any], overwrite: bool = F
 def config_hash(config: Mapping[str, Any]) -> str:
   """sha256 of the config sections that define a workdir (:data:`WORKDIR_KEYS`)."""
   import hashlib
-  cfg = json.loads(json.dumps(dict(config), default=_json_default))
+  cfg = json.loads(json.dumps(dict(config), default=json_default))
   payload = json.dumps({k: cfg.get(k) for k in WORKDIR_KEYS}, sort_keys=True)
   return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -208,7 +208,7 @@ def config_hash(config: Mapping[str, Any]) -> str:
 def append_jsonl(path: str, row: Mapping[str, Any]) -> None:
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   with open(path, "a") as f:
-    f.write(json.dumps(dict(row), default=_json_default, sort_keys=True) + "\n")
+    f.write(json.dumps(dict(row), default=json_default, sort_keys=True) + "\n")
     f.flush()
     os.fsync(f.fileno())
 

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from mu_jax import checkpoints
 from mu_jax.evaluation import attacks, distances, metrics, mia
 
 Outputs = Mapping[str, Mapping[str, np.ndarray]]
@@ -164,7 +165,7 @@ def write_results(directory: str, rows: Sequence[Mapping[str, Any]], *, config: 
   os.makedirs(directory, exist_ok=True)
   paths = {n: os.path.join(directory, n) for n in ("results.json", "results.csv", "table.md")}
   payload = {"config": config, "manifest_hash": manifest_hash, "rows": list(rows)}
-  _atomic(paths["results.json"], json.dumps(payload, indent=1, default=_jsonable))
+  _atomic(paths["results.json"], json.dumps(payload, indent=1, default=checkpoints.json_default))
   keys: list[str] = []
   for r in rows:
     keys += [k for k in r if k not in keys]
@@ -190,12 +191,3 @@ def _atomic(path: str, text: str) -> None:
     f.write(text)
   os.replace(tmp, path)
 
-
-def _jsonable(x: Any) -> Any:
-  if isinstance(x, (np.floating, np.integer)):
-    return x.item()
-  if isinstance(x, np.ndarray):
-    return x.tolist()
-  if isinstance(x, (tuple, set)):
-    return list(x)
-  return str(x)

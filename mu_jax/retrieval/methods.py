@@ -52,7 +52,7 @@ in the images), and unlearning matches how the model was trained.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -61,6 +61,7 @@ from jax import lax
 from mu_jax import parallel
 from mu_jax.methods import common
 from mu_jax.methods.base import Phase, Unlearner, check_non_negative, check_positive
+from mu_jax.methods.registry import Registry
 from mu_jax.retrieval import model as model_lib
 from mu_jax.retrieval.train import margin_loss
 
@@ -537,44 +538,13 @@ def cure(lr: float = 5e-2, epochs: int = 8, clusters: int = 4, recluster_every: 
 # ---------------------------------------------------------------------------------------------
 # Registry.
 
-_FACTORIES: dict[str, Callable[..., Unlearner]] = {
+METHODS = Registry("retrieval method", {
     "random_labels": random_labels,
     "gradient_ascent": gradient_ascent,
     "boundary_shrink": boundary_shrink,
     "scrub": scrub,
     "dispersion": dispersion,
     "cure": cure,
-}
-
-
-def names() -> list[str]:
-  """Every retrieval method, in table order."""
-  return list(_FACTORIES)
-
-
-def factory(name: str) -> Callable[..., Unlearner]:
-  """The factory of retrieval method ``name``."""
-  if name not in _FACTORIES:
-    raise KeyError(f"unknown retrieval method {name!r}; methods are: {', '.join(_FACTORIES)}")
-  return _FACTORIES[name]
-
-
-def create(name: str, **hparams: Any) -> Unlearner:
-  """Builds retrieval method ``name`` (unknown hyperparameters raise a TypeError naming them)."""
-  fn = factory(name)
-  try:
-    return fn(**hparams)
-  except TypeError as e:
-    raise TypeError(f"retrieval method {name!r}: {e}") from e
-
-
-def parse_methods(spec: str | list[str]) -> list[str]:
-  """'all' or a comma-separated list → validated names."""
-  items = spec.split(",") if isinstance(spec, str) else list(spec)
-  items = [s.strip() for s in items if s.strip()]
-  if items == ["all"]:
-    return names()
-  unknown = [s for s in items if s not in _FACTORIES]
-  if unknown:
-    raise KeyError(f"unknown retrieval methods {unknown}; methods are: all, {', '.join(_FACTORIES)}")
-  return items
+})
+names, factory, create, parse_methods = (METHODS.names, METHODS.factory, METHODS.create,
+                                         METHODS.parse_methods)
