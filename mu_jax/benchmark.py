@@ -41,6 +41,8 @@ def evaluate_workdir(exp: runner.Experiment, method_names: Sequence[str], *, n_b
                            retrained_params=retrained_state.params, nomus_lambda=lam,
                            n_bootstrap=n_bootstrap, wall_s=record["wall_s"],
                            examples=record["examples"], retrain_wall_s=retrain_cost["wall_s"])
+    if "compile_s" in record:
+      row["compile_s"] = record["compile_s"]
     if record.get("halted"):
       row["halted"] = True
     rows.append(row)

@@ -1,11 +1,47 @@
 """Convolution and pooling primitives used by every mu_jax model.
 
-Models call these functions instead of ``lax`` directly so that the lowering can be chosen by
-shape in one place.
+Models call :func:`conv2d` and :func:`max_pool` instead of ``lax`` directly so that the lowering is
+chosen by shape in one place.
+
+Why there is more than one lowering: XLA's CPU backend (JAX 0.10, convolutions handed to YNNPACK)
+is far from the matmul speed of the same machine on the shapes a ResNet-18 sees on small images:
+
+* tiny feature maps (1×1, 2×2: a 3×3 convolution on a 2×2 map runs ~100× slower than the same
+  arithmetic as a matmul), and the input gradient of stride-2 convolutions on 2×2 and 4×4 maps;
+* the weight gradient of layers with 128+ channels, which XLA computes as a convolution over
+  transposed copies of the activations (about 2× the forward time, 1.5-2× the matmul form);
+* the max-pool backward (``select_and_scatter``: 7-10× slower than a gather-form backward).
+
+On the CPU, :func:`conv2d` therefore lowers to matrix products over im2col patches by default
+("matmul"; :func:`conv2d_im2col`), through a ``custom_vjp``, except for the shapes where XLA's
+convolution measured as fast or faster (thin inputs such as the RGB stem, and stride-1 layers with
+at most 64 channels on maps of 8×8 or more; see :func:`_xla_is_faster`):
+
+* kernel taps that only ever read padding are dropped first (a 3×3 convolution on a 1×1 map is a
+  plain matmul with the centre tap);
+* patches are built for a few images at a time inside ``lax.map``/``lax.scan`` (chunks of about
+  :data:`_PATCH_CHUNK_BYTES`), so the patch buffer (k·k times the activations) stays in the cache
+  instead of being written to, and page-faulted into, fresh memory;
+* forward: ``patches @ kernel``;
+* weight gradient: ``patches^T @ dy``, summed over the chunks;
+* input gradient: ``dy @ kernel^T`` (the kernel in its stored layout, no flipped copy) followed by
+  col2im, written per stride phase as a sum of shifted slices, so stride 2 needs no interior
+  padding (XLA's scatter-like lowering of strided-slice transposes divides per element).
+
+:func:`max_pool` takes the maximum over the window's taps viewed as shifted stride phases of the
+input (no padded copy), records the first arg-max, and scatters the gradient back per phase.
+Both lowerings agree with ``lax`` to float32
+rounding (``tests/test_ops_conv.py``). On GPU and TPU plain ``lax.conv_general_dilated`` and
+``reduce_window`` are used: cuDNN and the TPU emitters are the fast path there.
+
+``MU_JAX_CONV=xla`` in the environment (read at import) or :func:`set_impl` forces a lowering;
+the choice happens at trace time, so set it before a function is jitted.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Sequence
 
 import jax
@@ -14,15 +50,392 @@ from jax import lax
 
 Padding = Sequence[tuple[int, int]]
 
+IMPLS = ("auto", "xla", "matmul")
+_DN = ("NHWC", "HWIO", "NHWC")
+# Bytes of im2col patches built per chunk. On a 2-core EPYC (32 MB L3, 1 MB L2 per core) chunks of
+# 4-8 MB were fastest (8 MB by 5-10% on an idle machine, 4 MB under load); whole-batch patches (up to
+# 150 MB at 128×128 input) cost 2-4× more: they leave the cache and page-fault fresh memory.
+_PATCH_CHUNK_BYTES = 8 << 20
+
+_impl = os.environ.get("MU_JAX_CONV", "auto")
+if _impl not in IMPLS:
+  raise ValueError(f"MU_JAX_CONV must be one of {IMPLS}, got {_impl!r}")
+
+
+def set_impl(name: str) -> None:
+  """Chooses the lowering of :func:`conv2d` and :func:`max_pool` for functions traced from now on.
+
+  Args:
+    name: "auto" (the matmul lowering on CPU, ``lax`` elsewhere), "xla" (always ``lax``) or
+      "matmul" (always the matmul lowering, on any backend; for tests and measurements).
+  """
+  global _impl
+  if name not in IMPLS:
+    raise ValueError(f"conv impl must be one of {IMPLS}, got {name!r}")
+  _impl = name
+
+
+def get_impl() -> str:
+  """The lowering set by :func:`set_impl` or ``MU_JAX_CONV``."""
+  return _impl
+
+
+def _use_matmul() -> bool:
+  if _impl == "auto":
+    return jax.default_backend() == "cpu"
+  return _impl == "matmul"
+
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: Padding = ((0, 0), (0, 0))
            ) -> jax.Array:
-  """2-D convolution, NHWC input and HWIO kernel, explicit padding (torchvision's convention)."""
-  return lax.conv_general_dilated(x, kernel, (stride, stride), tuple(padding),
-                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  """2-D convolution, NHWC input and HWIO kernel, explicit padding (torchvision's convention).
+
+  Args:
+    x: input [N, H, W, C_in].
+    kernel: [KH, KW, C_in, C_out], same dtype as ``x``.
+    stride: the same stride along H and W.
+    padding: ((top, bottom), (left, right)) zero padding.
+
+  Returns:
+    [N, H_out, W_out, C_out] in the dtype of ``x``; equal to ``lax.conv_general_dilated`` to
+    float32 rounding whichever lowering runs.
+  """
+  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  if _use_matmul():
+    return conv2d_matmul(x, kernel, int(stride), padding)
+  return conv2d_xla(x, kernel, int(stride), padding)
+
+
+def conv2d_xla(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+  """The plain lowering: ``lax.conv_general_dilated``."""
+  return lax.conv_general_dilated(x, kernel, (stride, stride), tuple(padding), dimension_numbers=_DN)
+
+
+def _out_size(size: int, k: int, stride: int, lo: int, hi: int) -> int:
+  return (size + lo + hi - k) // stride + 1
+
+
+def _used_taps(size: int, k: int, stride: int, lo: int, hi: int) -> tuple[int, int]:
+  """First and last kernel tap along one axis that reads a real input sample for some output."""
+  used = [d for d in range(k)
+          if any(0 <= o * stride + d - lo < size for o in range(_out_size(size, k, stride, lo, hi)))]
+  if not used:  # every window lies in the padding: keep one tap, its product is zero anyway
+    return 0, 0
+  return used[0], used[-1]
+
+
+def _xla_is_faster(x: jax.Array, kernel: jax.Array, stride: int) -> bool:
+  """Shapes where the matmul lowering did not beat XLA's own convolution, which is kept.
+
+  * Thin inputs (fewer than 16 channels: the 7×7/2 stem on RGB): im2col gathers 49 three-channel
+    taps, which costs more than the multiply; XLA's forward and weight gradient were as fast or
+    faster (64×64 input: dw 22 against 40 ms).
+  * Stride 1 with at most 64 input channels on maps of 8×8 or more (ResNet-18's layer1): XLA was
+    as fast or faster in forward, dx and dw (32×32: 37/33/85 against 45/35/84 ms; 8×8: 2.2/2.2/4.0
+    against 3.9/3.1/5.2 ms). Numbers: ``benchmarks/train_step.py --layers``, BUILD_NOTES.
+  """
+  del kernel
+  ci, hw = x.shape[-1], x.shape[1] * x.shape[2]
+  return ci < 16 or (stride == 1 and ci <= 64 and hw >= 64)
+
+
+def conv2d_matmul(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+  """The CPU lowering (see the module docstring); same contract as :func:`conv2d`.
+
+  Shapes where XLA's convolution is faster (:func:`_xla_is_faster`) keep it; every other shape
+  runs the matmul lowering.
+  """
+  if _xla_is_faster(x, kernel, stride):
+    return conv2d_xla(x, kernel, stride, padding)
+  return conv2d_im2col(x, kernel, stride, padding)
+
+
+def conv2d_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+  """The matmul lowering for every shape (no fallback to XLA); same contract as :func:`conv2d`."""
+  (lo_h, hi_h), (lo_w, hi_w) = padding
+  kh, kw = kernel.shape[:2]
+  h, w = x.shape[1:3]
+  ho, wo = _out_size(h, kh, stride, lo_h, hi_h), _out_size(w, kw, stride, lo_w, hi_w)
+  # Drop taps that only see padding: their products are exact zeros, so the result is unchanged,
+  # and a 3×3 convolution on a 1×1 map becomes a single matmul with the centre tap.
+  h0, h1 = _used_taps(h, kh, stride, lo_h, hi_h)
+  w0, w1 = _used_taps(w, kw, stride, lo_w, hi_w)
+  kernel = kernel[h0:h1 + 1, w0:w1 + 1]
+  kh, kw = kernel.shape[:2]
+  lo_h, lo_w = lo_h - h0, lo_w - w0
+  # High padding that makes the output size unchanged; negative values crop input rows that no
+  # remaining tap reads (lax.pad accepts negative padding).
+  hi_h = (ho - 1) * stride + kh - h - lo_h
+  hi_w = (wo - 1) * stride + kw - w - lo_w
+  return _conv_mm(x, kernel, stride, ((lo_h, hi_h), (lo_w, hi_w)))
+
+
+def _patches(x: jax.Array, kh: int, kw: int, stride: int, padding: Padding) -> jax.Array:
+  """im2col: [N, H, W, C] → [N, H_out, W_out, KH·KW·C], taps in (ky, kx, c) order (HWIO)."""
+  n, h, w, c = x.shape
+  (lo_h, hi_h), (lo_w, hi_w) = padding
+  ho, wo = _out_size(h, kh, stride, lo_h, hi_h), _out_size(w, kw, stride, lo_w, hi_w)
+  zero = jnp.zeros((), x.dtype)
+  xp = lax.pad(x, zero, ((0, 0, 0), (lo_h, hi_h, 0), (lo_w, hi_w, 0), (0, 0, 0)))
+  taps = [lax.slice(xp, (0, dy, dx, 0),
+                    (n, dy + (ho - 1) * stride + 1, dx + (wo - 1) * stride + 1, c),
+                    (1, stride, stride, 1))
+          for dy in range(kh) for dx in range(kw)]
+  return taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+
+
+def _chunk(n: int, bytes_per_example: int) -> int:
+  """The largest divisor of ``n`` whose patches fit in :data:`_PATCH_CHUNK_BYTES` (at least 1)."""
+  target = max(1, _PATCH_CHUNK_BYTES // max(1, bytes_per_example))
+  return max(d for d in range(1, n + 1) if n % d == 0 and d <= target)
+
+
+def _map_chunks(fn, n: int, bytes_per_example: int, *arrays: jax.Array) -> jax.Array:
+  """Applies ``fn`` to consecutive chunks of the leading axis and concatenates the results."""
+  return _map_chunks_multi(fn, n, _chunk(n, bytes_per_example), *arrays)
+
+
+def _map_chunks_multi(fn, n: int, b: int, *arrays: jax.Array):
+  """Applies ``fn`` to chunks of ``b`` examples; any pytree of results is concatenated."""
+  if b == n:
+    return fn(*arrays)
+  split = [a.reshape(n // b, b, *a.shape[1:]) for a in arrays]
+  out = lax.map(lambda parts: fn(*parts), tuple(split))
+  return jax.tree.map(lambda o: o.reshape(n, *o.shape[2:]), out)
+
+
+def _acc_type(dtype) -> jnp.dtype:
+  # Accumulate low-precision products in float32, as XLA's convolutions do.
+  return jnp.float32 if jnp.dtype(dtype).itemsize < 4 else dtype
+
+
+def _patch_bytes(x: jax.Array, kh: int, kw: int, ho: int, wo: int) -> int:
+  return ho * wo * kh * kw * x.shape[-1] * jnp.dtype(x.dtype).itemsize
+
+
+def _forward(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+  """Chunked patches @ kernel, no custom gradient (used by the forward and the s=1 input grad)."""
+  kh, kw, ci, co = kernel.shape
+  (lo_h, hi_h), (lo_w, hi_w) = padding
+  ho = _out_size(x.shape[1], kh, stride, lo_h, hi_h)
+  wo = _out_size(x.shape[2], kw, stride, lo_w, hi_w)
+  wm = kernel.reshape(kh * kw * ci, co)
+
+  def body(xc):
+    y = lax.dot_general(_patches(xc, kh, kw, stride, padding), wm, (((3,), (0,)), ((), ())),
+                        preferred_element_type=_acc_type(x.dtype))
+    return y.astype(x.dtype)
+
+  return _map_chunks(body, x.shape[0], _patch_bytes(x, kh, kw, ho, wo), x)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_mm(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+  return _forward(x, kernel, stride, padding)
+
+
+def _conv_mm_fwd(x, kernel, stride, padding):
+  return _forward(x, kernel, stride, padding), (x, kernel)
+
+
+def _conv_mm_bwd(stride, padding, res, g):
+  x, kernel = res
+  kh, kw, ci, co = kernel.shape
+  n = x.shape[0]
+  ho, wo = g.shape[1:3]
+  pb = _patch_bytes(x, kh, kw, ho, wo)
+  acc = _acc_type(x.dtype)
+  wm = kernel.reshape(kh * kw * ci, co)
+
+  # Weight gradient: patches^T @ dy summed over chunks; the contraction runs over every output
+  # position, so it is one long matmul per chunk instead of XLA's convolution over transposes.
+  def dw_part(xc, gc):
+    return lax.dot_general(_patches(xc, kh, kw, stride, padding), gc,
+                           (((0, 1, 2), (0, 1, 2)), ((), ())), preferred_element_type=acc)
+
+  b = _chunk(n, pb)
+  if b == n:
+    dw = dw_part(x, g)
+  else:
+    xs = x.reshape(n // b, b, *x.shape[1:])
+    gs = g.reshape(n // b, b, *g.shape[1:])
+    # The first chunk starts the sum, so no zero-filled accumulator is written first.
+    dw, _ = lax.scan(lambda total, parts: (total + dw_part(*parts), None), dw_part(xs[0], gs[0]),
+                     (xs[1:], gs[1:]))
+  dw = dw.reshape(kernel.shape).astype(kernel.dtype)
+
+  # Input gradient: dy @ kernel^T is the gradient of every patch entry (a matmul with the kernel
+  # in its stored layout: no flipped or transposed copy), and col2im adds the entries back onto
+  # the input pixels they were read from.
+  def dx_body(gc):
+    dp = lax.dot_general(gc, wm, (((3,), (1,)), ((), ())), preferred_element_type=acc)
+    return _col2im(dp, x.shape[1:3], kh, kw, stride, padding).astype(x.dtype)
+
+  return _map_chunks(dx_body, n, pb, g), dw
+
+
+def _col2im(dp: jax.Array, hw: tuple[int, int], kh: int, kw: int, stride: int, padding: Padding
+            ) -> jax.Array:
+  """The transpose of :func:`_patches`: [N, H_out, W_out, KH·KW·C] → [N, H, W, C].
+
+  Input pixel ``s*i + a`` (phase ``a``) is read by tap ``d`` of output ``i - delta`` for the taps
+  whose phase is ``a`` (see :func:`_tap_phase`), so each phase is a sum of shifted slices of the
+  patch gradient and the phases interleave by a reshape. Unlike the autodiff transpose of strided
+  slices (pads with interior zeros), this needs no per-element index division.
+  """
+  n, ho, wo, _ = dp.shape
+  h, w = hw
+  (lo_h, _), (lo_w, _) = padding
+  c = dp.shape[-1] // (kh * kw)
+  dp = dp.reshape(n, ho, wo, kh * kw, c)
+  hs, ws = -(-h // stride), -(-w // stride)
+  rows = []
+  for ay in range(stride):
+    cols = []
+    for ax in range(stride):
+      total = None
+      for t in range(kh * kw):
+        ty, sy = _tap_phase(t // kw, stride, lo_h)
+        tx, sx = _tap_phase(t % kw, stride, lo_w)
+        if (ty, tx) != (ay, ax):
+          continue
+        part = _shift(_shift(dp[:, :, :, t, :], 1, -sy, hs, 0), 2, -sx, ws, 0)
+        total = part if total is None else total + part
+      cols.append(jnp.zeros((n, hs, ws, c), dp.dtype) if total is None else total)
+    rows.append(cols)
+  if stride == 1:
+    return rows[0][0][:, :h, :w]
+  dx = jnp.stack([jnp.stack(cols, axis=3) for cols in rows], axis=2)
+  return dx.reshape(n, hs * stride, ws * stride, c)[:, :h, :w]
+
+
+_conv_mm.defvjp(_conv_mm_fwd, _conv_mm_bwd)
 
 
 def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: int = 1) -> jax.Array:
-  """Max-pool with -inf padding on every side (torch.nn.MaxPool2d semantics), NHWC."""
+  """Max-pool with -inf padding on every side (torch.nn.MaxPool2d semantics), NHWC.
+
+  The gradient goes to the first maximum of each window in row-major order (top row first, then
+  left to right), as torch's CPU kernel and XLA's ``select_and_scatter`` both do; with ties only
+  that element receives it.
+
+  Args:
+    x: input [N, H, W, C].
+    window: square window size.
+    stride: the same stride along H and W.
+    padding: -inf rows/columns added on every side.
+
+  Returns:
+    [N, H_out, W_out, C].
+  """
+  if _use_matmul():
+    return _max_pool_slices(x, int(window), int(stride), int(padding))
+  return max_pool_xla(x, window, stride, padding)
+
+
+def max_pool_xla(x: jax.Array, window: int = 3, stride: int = 2, padding: int = 1) -> jax.Array:
+  """The plain lowering: ``lax.reduce_window`` (backward: ``select_and_scatter``)."""
   pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
   return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), pads)
+
+
+def _shift(a: jax.Array, axis: int, delta: int, length: int, fill) -> jax.Array:
+  """``out[i] = a[i + delta]`` along ``axis`` for ``i < length``, ``fill`` outside ``a``.
+
+  A pad with (possibly negative) edges, which XLA fuses into its consumer without the index
+  division that interior padding or strided scatters need.
+  """
+  config = [(0, 0, 0)] * a.ndim
+  config[axis] = (-delta, length - a.shape[axis] + delta, 0)
+  return lax.pad(a, jnp.asarray(fill, a.dtype), config)
+
+
+def _phase_split(x: jax.Array, stride: int, fill) -> jax.Array:
+  """[N, H, W, C] → [N, ⌈H/s⌉, s, ⌈W/s⌉, s, C]: ``x[n, s*i + a, s*j + b]`` at [n, i, a, j, b]."""
+  n, h, w, c = x.shape
+  hs, ws = -(-h // stride), -(-w // stride)
+  if (hs * stride, ws * stride) != (h, w):
+    x = lax.pad(x, jnp.asarray(fill, x.dtype),
+                ((0, 0, 0), (0, hs * stride - h, 0), (0, ws * stride - w, 0), (0, 0, 0)))
+  return x.reshape(n, hs, stride, ws, stride, c)
+
+
+def _tap_phase(d: int, stride: int, padding: int) -> tuple[int, int]:
+  """Tap ``d`` of output ``o`` reads input ``s*o + d - p`` = phase ``a`` row ``o + delta``."""
+  a = (d - padding) % stride
+  return a, (d - padding - a) // stride
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool_slices(x: jax.Array, window: int, stride: int, padding: int) -> jax.Array:
+  return _max_pool_argmax(x, window, stride, padding)[0]
+
+
+def _max_pool_argmax(x: jax.Array, window: int, stride: int, padding: int
+                     ) -> tuple[jax.Array, jax.Array]:
+  """The pooled maximum and the row-major index of the first tap that attains it.
+
+  The input is viewed as its stride phases (a free reshape for even sizes), so every tap is a
+  shifted view of one phase and the whole max is one elementwise fusion: no padded copy of the
+  input and no generic reduce-window loop.
+  """
+  n, h, w, c = x.shape
+  ho = _out_size(h, window, stride, padding, padding)
+  wo = _out_size(w, window, stride, padding, padding)
+  ninf = -jnp.inf
+  phases = _phase_split(x, stride, ninf)
+  best = idx = None
+  for t in range(window * window):
+    ay, sy = _tap_phase(t // window, stride, padding)
+    ax, sx = _tap_phase(t % window, stride, padding)
+    v = _shift(_shift(phases[:, :, ay, :, ax, :], 1, sy, ho, ninf), 2, sx, wo, ninf)
+    if best is None:
+      best, idx = v, jnp.zeros(v.shape, jnp.int8)
+    else:
+      # Strictly greater: a later tap equal to the running maximum does not take it over.
+      take = v > best
+      best = jnp.where(take, v, best)
+      idx = jnp.where(take, jnp.int8(t), idx)
+  return best, idx
+
+
+def _max_pool_fwd(x, window, stride, padding):
+  per_example = x[0].size * jnp.dtype(x.dtype).itemsize
+  y, idx = _map_chunks_multi(lambda xc: _max_pool_argmax(xc, window, stride, padding),
+                              x.shape[0], _chunk(x.shape[0], per_example), x)
+  return y, (idx, x.shape)
+
+
+def _max_pool_bwd(window, stride, padding, res, g):
+  idx, shape = res
+  # One pass over the whole batch: the arg-max was materialised by the chunked forward, so this is
+  # a single elementwise fusion writing dx once (a chunked loop would first zero-fill its output).
+  return (_max_pool_scatter(idx, g, window, stride, padding, shape),)
+
+
+def _max_pool_scatter(idx, g, window, stride, padding, shape):
+  n = g.shape[0]
+  _, h, w, c = shape
+  hs, ws = -(-h // stride), -(-w // stride)
+  zero = jnp.zeros((), g.dtype)
+  # Gather form of the scatter: input phase (a, b) row i receives from output i - delta of every
+  # tap in that phase, so each phase is a sum of shifted, masked copies of dy (no interior pads).
+  rows = []
+  for ay in range(stride):
+    cols = []
+    for ax in range(stride):
+      acc = jnp.zeros((n, hs, ws, c), g.dtype)
+      for t in range(window * window):
+        ty, sy = _tap_phase(t // window, stride, padding)
+        tx, sx = _tap_phase(t % window, stride, padding)
+        if (ty, tx) != (ay, ax):
+          continue
+        contrib = jnp.where(idx == t, g, zero)
+        acc = acc + _shift(_shift(contrib, 1, -sy, hs, 0), 2, -sx, ws, 0)
+      cols.append(acc)
+    rows.append(jnp.stack(cols, axis=3))
+  dx = jnp.stack(rows, axis=2).reshape(n, hs * stride, ws * stride, c)
+  return dx[:, :h, :w]
+
+
+_max_pool_slices.defvjp(_max_pool_fwd, _max_pool_bwd)

@@ -22,6 +22,9 @@ def predict(state: TrainState, examples: Examples, *, task: str, batch_size: int
   n_dev = parallel.num_devices()
   batch_size = max(n_dev, (batch_size // n_dev) * n_dev)
   step = steps.compiled_eval_step(task)
+  # Only the model enters the eval step: without the optimizer state every method's state has the
+  # same structure, so the step compiles once per process instead of once per method.
+  state = state.replace(tx=None, opt_state=None, step=0)
   logits, loss = [], []
   for idx, mask in pipeline.eval_batches(len(examples), batch_size):
     out = parallel.to_host(step(state, parallel.shard(pipeline.host_batch(examples, idx))))

@@ -149,7 +149,7 @@ def fit(model, train: Examples, cfg: TrainConfig, *, task: str, seed: int, stage
     t_epoch, seen_epoch = time.time(), seen
     sums: dict[str, float] = {}
     bar = tqdm(batches, desc=f"{os.path.basename(stage_dir)} epoch {epoch + 1}/{cfg.epochs}",
-               disable=not progress, leave=False)
+               disable=None if progress else True, leave=False)  # None: off when not a terminal
     for i, idx in enumerate(bar):
       global_step = epoch * steps_per_epoch + i
       state, m = step_fn(state, parallel.shard(pipeline.host_batch(train, idx)),

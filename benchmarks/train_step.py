@@ -1,0 +1,367 @@
+"""Times mu_jax's ResNet-18 training step against the same network in PyTorch, on the CPU.
+
+Three candidates run interleaved in one process (so background load hits them alike): mu_jax's
+jitted data-parallel train step with the default lowering ("fast": the matmul convolutions and
+slice max-pool of :mod:`mu_jax.ops.conv` on CPU), the same step traced with plain
+``lax.conv_general_dilated``/``reduce_window`` ("xla"), and torchvision's ResNet-18 written with
+``torch.nn`` (no torchvision dependency). Same batch, resolution, initial scheme, SGD with
+momentum 0.9 and lr 0.01, softmax cross-entropy; every step converts uint8 images to float and
+computes the accuracy in both frameworks. PyTorch runs with as many intra-op threads as XLA's CPU
+client uses (one per core this process may run on).
+
+``--layers`` times every ResNet-18 convolution shape instead (forward, input gradient and weight
+gradient separately, each lowering and PyTorch), plus the max-pool.
+
+Usage:
+  python benchmarks/train_step.py --sizes=128,64,32 --reps=7 --out=train_step.json
+  python benchmarks/train_step.py --layers --sizes=128,64,32 --out=layers.json
+
+In the per-layer table "dx" of the max-pool is its backward including the forward it needs (the
+slice version recomputes the arg-max; select_and_scatter reads the input directly).
+
+PyTorch is an optional extra: ``pip install torch`` (the ``bench`` extra of setup.cfg).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mu_jax import parallel
+from mu_jax.models import create_model
+from mu_jax.ops import conv as conv_ops
+from mu_jax.training import fit, steps
+
+NUM_CLASSES = 8
+PAUSE_S = 0.05
+
+
+def cpu_threads() -> int:
+  """Cores this process may use: XLA's CPU thread pool is sized to this, torch is set to it."""
+  return len(os.sched_getaffinity(0))
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch: torchvision.models.resnet18 rebuilt with torch.nn.
+
+
+def torch_resnet18(num_classes: int):
+  """torchvision's ResNet-18 (BasicBlock, [2, 2, 2, 2], 7×7/2 stem, 3×3/2 max-pool)."""
+  import torch
+  from torch import nn
+
+  class BasicBlock(nn.Module):
+
+    def __init__(self, cin: int, cout: int, stride: int):
+      super().__init__()
+      self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+      self.bn1 = nn.BatchNorm2d(cout)
+      self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+      self.bn2 = nn.BatchNorm2d(cout)
+      self.relu = nn.ReLU(inplace=True)
+      self.downsample = None
+      if stride != 1 or cin != cout:
+        self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                        nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+      identity = x if self.downsample is None else self.downsample(x)
+      out = self.relu(self.bn1(self.conv1(x)))
+      out = self.bn2(self.conv2(out))
+      return self.relu(out + identity)
+
+  class ResNet18(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+      self.bn1 = nn.BatchNorm2d(64)
+      self.relu = nn.ReLU(inplace=True)
+      self.maxpool = nn.MaxPool2d(3, 2, 1)
+      layers, cin = [], 64
+      for i, cout in enumerate((64, 128, 256, 512)):
+        stride = 1 if i == 0 else 2
+        layers.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
+        cin = cout
+      self.layer1, self.layer2, self.layer3, self.layer4 = layers
+      self.avgpool = nn.AdaptiveAvgPool2d(1)
+      self.fc = nn.Linear(512, num_classes)
+      for m in self.modules():  # torchvision's initialisation
+        if isinstance(m, nn.Conv2d):
+          nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+      x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+      x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+      return self.fc(torch.flatten(self.avgpool(x), 1))
+
+  return ResNet18()
+
+
+def make_torch_step(size: int, batch: int, seed: int):
+  """A closure running one PyTorch training step on a fixed uint8 batch."""
+  import torch
+  torch.manual_seed(seed)
+  model = torch_resnet18(NUM_CLASSES).train()
+  opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+  rng = np.random.default_rng(seed)
+  images = torch.from_numpy(rng.integers(0, 256, (batch, 3, size, size), dtype=np.uint8))
+  labels = torch.from_numpy(rng.integers(0, NUM_CLASSES, batch).astype(np.int64))
+  loss_fn = torch.nn.CrossEntropyLoss()
+
+  def step():
+    x = images.float() / 255.0
+    opt.zero_grad(set_to_none=True)
+    logits = model(x)
+    loss = loss_fn(logits, labels)
+    loss.backward()
+    opt.step()
+    acc = (logits.argmax(-1) == labels).float().mean()
+    return loss.item(), acc.item()
+
+  return step
+
+
+# ----------------------------------------------------------------------------------------------
+# mu_jax.
+
+
+def make_jax_step(size: int, batch: int, seed: int, impl: str):
+  """A closure running one mu_jax training step, traced with conv lowering ``impl``."""
+  model = create_model("resnet18", NUM_CLASSES)
+  cfg = fit.TrainConfig(epochs=1, batch_size=batch, lr=0.01, momentum=0.9, lr_boundaries=(),
+                        augment=False)
+  state = parallel.replicate(fit.new_state(model, jax.random.key(seed), (size, size, 3), cfg, 1))
+  rng = np.random.default_rng(seed)
+  data = parallel.shard({
+      "image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
+      "label": rng.integers(0, NUM_CLASSES, batch).astype(np.int32)})
+  # A fresh jit per candidate (steps.compiled_train_step is cached per task): the lowering is
+  # picked while tracing, so each candidate is traced right after setting it.
+  fn = parallel.data_parallel(
+      functools.partial(steps.train_step, task="multiclass", augment=False),
+      in_specs=(parallel.REPLICATED, parallel.SHARDED, parallel.REPLICATED),
+      out_specs=(parallel.REPLICATED, parallel.REPLICATED), donate_argnums=(0,))
+  key = jax.random.key(seed + 1)
+  holder = {"state": state}
+  previous = conv_ops.get_impl()
+  conv_ops.set_impl(impl)
+  try:
+    holder["state"], _ = fn(holder["state"], data, key)  # compiles under this lowering
+    jax.block_until_ready(holder["state"])
+  finally:
+    conv_ops.set_impl(previous)
+
+  def step():
+    holder["state"], metrics = fn(holder["state"], data, key)
+    jax.block_until_ready(holder["state"])
+    return float(metrics["loss"]), float(metrics["accuracy"])
+
+  return step
+
+
+def timed(fn) -> tuple[float, int]:
+  """Wall seconds of one call and the minor page faults it caused (fresh memory touched)."""
+  f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  t0 = time.perf_counter()
+  fn()
+  return time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+
+
+def interleave(candidates: dict, reps: int, warmup: int, faults: dict | None = None) -> dict:
+  """Runs every candidate once per round, rotating the order, and returns all times (s).
+
+  If ``faults`` is given, it receives each candidate's page-fault counts per call.
+  """
+  names = list(candidates)
+  for _ in range(warmup):
+    for name in names:
+      candidates[name]()
+  times = {name: [] for name in names}
+  for r in range(reps):
+    order = names[r % len(names):] + names[:r % len(names)]
+    for name in order:
+      # XLA's worker threads spin for a while after a computation and so do torch's OpenMP
+      # threads: a torch call right after a JAX one measured +30 ms. Let them go idle first.
+      time.sleep(PAUSE_S)
+      dt, nf = timed(candidates[name])
+      times[name].append(dt)
+      if faults is not None:
+        faults.setdefault(name, []).append(nf)
+  return times
+
+
+def bench_steps(args) -> dict:
+  import torch
+  rows = []
+  candidates, meta = {}, {}
+  for size in args.sizes:
+    candidates[(size, "jax_fast")] = make_jax_step(size, args.batch, args.seed, "auto")
+    candidates[(size, "jax_xla")] = make_jax_step(size, args.batch, args.seed, "xla")
+    candidates[(size, "torch")] = make_torch_step(size, args.batch, args.seed)
+    meta[size] = {}
+  faults: dict = {}
+  times = interleave(candidates, args.reps, args.warmup, faults)
+  print(f"\nbatch {args.batch}, median of {args.reps} interleaved steps, images/s "
+        f"(XLA CPU threads = torch threads = {torch.get_num_threads()}); "
+        f"page faults per step in brackets")
+  print("| input | JAX fast | JAX plain XLA | PyTorch | fast/PyTorch | XLA/PyTorch |")
+  print("|---|---|---|---|---|---|")
+  for size in args.sizes:
+    med = {impl: statistics.median(times[(size, impl)]) for impl in ("jax_fast", "jax_xla", "torch")}
+    ips = {impl: args.batch / m for impl, m in med.items()}
+    nf = {impl: int(statistics.median(faults[(size, impl)])) for impl in med}
+    row = {"size": size, "median_s": med, "images_per_s": ips,
+           "all_s": {impl: times[(size, impl)] for impl in med}, "page_faults": nf,
+           "fast_over_torch": ips["jax_fast"] / ips["torch"],
+           "xla_over_torch": ips["jax_xla"] / ips["torch"]}
+    rows.append(row)
+    cells = " | ".join(f"{ips[i]:.1f} [{nf[i] // 1000}k]" for i in ("jax_fast", "jax_xla", "torch"))
+    print(f"| {size}×{size} | {cells} | {row['fast_over_torch']:.2f} | {row['xla_over_torch']:.2f} |")
+  return {"steps": rows}
+
+
+# ----------------------------------------------------------------------------------------------
+# Per layer.
+
+
+def resnet18_convs(size: int) -> list[tuple[str, int, int, int, int, int, int]]:
+  """(name, H_in, C_in, C_out, kernel, stride, count in the net) of ResNet-18 at ``size``."""
+  s4, s8, s16 = -(-size // 4), -(-size // 8), -(-size // 16)
+  s32 = -(-size // 32)
+  return [
+      ("stem", size, 3, 64, 7, 2, 1),
+      ("layer1 3x3", s4, 64, 64, 3, 1, 4),
+      ("layer2 3x3/2", s4, 64, 128, 3, 2, 1),
+      ("layer2 1x1/2", s4, 64, 128, 1, 2, 1),
+      ("layer2 3x3", s8, 128, 128, 3, 1, 3),
+      ("layer3 3x3/2", s8, 128, 256, 3, 2, 1),
+      ("layer3 1x1/2", s8, 128, 256, 1, 2, 1),
+      ("layer3 3x3", s16, 256, 256, 3, 1, 3),
+      ("layer4 3x3/2", s16, 256, 512, 3, 2, 1),
+      ("layer4 1x1/2", s16, 256, 512, 1, 2, 1),
+      ("layer4 3x3", s32, 512, 512, 3, 1, 3),
+  ]
+
+
+def _jax_layer_fns(conv, stride, pad):
+  p = ((pad, pad), (pad, pad))
+  fwd = jax.jit(lambda x, w, g: conv(x, w, stride, p))
+  dx = jax.jit(lambda x, w, g: jax.vjp(lambda v: conv(v, w, stride, p), x)[1](g)[0])
+  dw = jax.jit(lambda x, w, g: jax.vjp(lambda v: conv(x, v, stride, p), w)[1](g)[0])
+  return {"fwd": fwd, "dx": dx, "dw": dw}
+
+
+def bench_layers(args) -> dict:
+  import torch
+  import torch.nn.functional as F
+  rng = np.random.default_rng(args.seed)
+  rows = []
+  print(f"\nper layer, batch {args.batch}, median ms of {args.reps} interleaved runs "
+        f"(xla = lax.conv_general_dilated, im2col = mu_jax's matmul lowering, torch = PyTorch; "
+        f"max-pool: im2col column = mu_jax's slice max-pool)")
+  print("| input | layer | ×n | fwd xla / im2col / torch | dx xla / im2col / torch | "
+        "dw xla / im2col / torch |")
+  print("|---|---|---|---|---|---|")
+  for size in args.sizes:
+    for name, h, ci, co, k, s, count in resnet18_convs(size):
+      pad = k // 2
+      ho = (h + 2 * pad - k) // s + 1
+      x = rng.standard_normal((args.batch, h, h, ci), np.float32)
+      w = rng.standard_normal((k, k, ci, co), np.float32) * 0.05
+      g = rng.standard_normal((args.batch, ho, ho, co), np.float32)
+      jx, jw, jg = jnp.asarray(x), jnp.asarray(w), jnp.asarray(g)
+      tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+      tw = torch.from_numpy(w.transpose(3, 2, 0, 1).copy())
+      tg = torch.from_numpy(g.transpose(0, 3, 1, 2).copy())
+      cands = {}
+      for impl, conv in (("xla", conv_ops.conv2d_xla), ("im2col", conv_ops.conv2d_im2col)):
+        for part, fn in _jax_layer_fns(conv, s, pad).items():
+          if name == "stem" and part == "dx":
+            continue  # the image needs no gradient
+          cands[(part, impl)] = functools.partial(
+              lambda f: jax.block_until_ready(f(jx, jw, jg)), fn)
+      with torch.no_grad():
+        cands[("fwd", "torch")] = lambda: F.conv2d(tx, tw, None, s, pad)
+        if name != "stem":
+          cands[("dx", "torch")] = lambda: torch.nn.grad.conv2d_input(tx.shape, tw, tg, s, pad)
+        cands[("dw", "torch")] = lambda: torch.nn.grad.conv2d_weight(tx, tw.shape, tg, s, pad)
+      times = interleave(cands, args.reps, 1)
+      med = {key: 1e3 * statistics.median(v) for key, v in times.items()}
+      rows.append({"size": size, "layer": name, "h": h, "cin": ci, "cout": co, "k": k, "stride": s,
+                   "count": count, "median_ms": {f"{a}_{b}": v for (a, b), v in med.items()}})
+      cells = []
+      for part in ("fwd", "dx", "dw"):
+        vals = [med.get((part, impl)) for impl in ("xla", "im2col", "torch")]
+        cells.append(" / ".join("-" if v is None else f"{v:.1f}" for v in vals))
+      print(f"| {size} | {name} {h}×{h} {ci}→{co} | {count} | " + " | ".join(cells) + " |", flush=True)
+    # The stem max-pool: 3×3/2, padding 1, on the stem output.
+    hp = -(-size // 2)
+    x = rng.standard_normal((args.batch, hp, hp, 64), np.float32)
+    jx = jnp.asarray(x)
+    tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    jy = conv_ops.max_pool_xla(jx, 3, 2, 1)
+    jg = jnp.asarray(rng.standard_normal(jy.shape, np.float32))
+    tg = torch.from_numpy(np.asarray(jg).transpose(0, 3, 1, 2).copy())
+    _, t_idx = F.max_pool2d(tx, 3, 2, 1, return_indices=True)
+    pools = {"xla": conv_ops.max_pool_xla, "im2col": conv_ops._max_pool_slices}  # pylint: disable=protected-access
+    cands = {}
+    for impl, pool in pools.items():
+      fwd = jax.jit(lambda v, pool=pool: pool(v, 3, 2, 1))
+      bwd = jax.jit(lambda v, gg, pool=pool: jax.vjp(lambda u: pool(u, 3, 2, 1), v)[1](gg)[0])
+      cands[("fwd", impl)] = functools.partial(lambda f: jax.block_until_ready(f(jx)), fwd)
+      cands[("dx", impl)] = functools.partial(lambda f: jax.block_until_ready(f(jx, jg)), bwd)
+    with torch.no_grad():
+      cands[("fwd", "torch")] = lambda: F.max_pool2d(tx, 3, 2, 1)
+      cands[("dx", "torch")] = lambda: torch.ops.aten.max_pool2d_with_indices_backward(
+          tg, tx, [3, 3], [2, 2], [1, 1], [1, 1], False, t_idx)
+    times = interleave(cands, args.reps, 1)
+    med = {key: 1e3 * statistics.median(v) for key, v in times.items()}
+    rows.append({"size": size, "layer": "max-pool 3x3/2", "h": hp, "cin": 64, "cout": 64, "k": 3,
+                 "stride": 2, "count": 1, "median_ms": {f"{a}_{b}": v for (a, b), v in med.items()}})
+    cells = [" / ".join(f"{med[(part, impl)]:.1f}" for impl in ("xla", "im2col", "torch"))
+             for part in ("fwd", "dx")]
+    print(f"| {size} | max-pool 3×3/2 {hp}×{hp}×64 | 1 | {cells[0]} | {cells[1]} | - |", flush=True)
+  return {"layers": rows}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--sizes", default="128,64,32", help="comma-separated input resolutions")
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--reps", type=int, default=5, help="timed repetitions per candidate")
+  parser.add_argument("--warmup", type=int, default=1, help="untimed steps per candidate")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--layers", action="store_true", help="time single layers instead")
+  parser.add_argument("--out", default=None, help="write the results as JSON here")
+  args = parser.parse_args()
+  args.sizes = [int(s) for s in args.sizes.split(",")]
+  if jax.default_backend() != "cpu":
+    print(f"note: the JAX backend is {jax.default_backend()}; torch runs on the CPU")
+  import torch  # the optional `bench` extra
+  torch.set_num_threads(cpu_threads())
+  info = {"jax": jax.__version__, "torch": torch.__version__, "backend": jax.default_backend(),
+          "threads": cpu_threads(), "torch_threads": torch.get_num_threads(),
+          "cpu": platform.processor() or platform.machine(), "batch": args.batch,
+          "reps": args.reps, "loadavg_start": os.getloadavg()}
+  print(json.dumps(info))
+  result = bench_layers(args) if args.layers else bench_steps(args)
+  info["loadavg_end"] = os.getloadavg()
+  print(f"load average at start {info['loadavg_start']}, at end {info['loadavg_end']}")
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump({"info": info, **result}, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
