@@ -1,10 +1,10 @@
 """Times mu_jax's ResNet-18 training step against the same network in PyTorch, on the CPU.
 
 Three candidates run interleaved in one process (so background load hits them alike): mu_jax's
-jitted data-parallel train step with the default lowering ("fast": the matmul convolutions and
-slice max-pool of :mod:`mu_jax.ops.conv` on CPU), the same step traced with plain
+jitted data-parallel train step with the default lowering ("fast": the per-shape convolution
+lowering and slice max-pool of :mod:`mu_jax.ops.conv` on CPU), the same step traced with plain
 ``lax.conv_general_dilated``/``reduce_window`` ("xla"), and torchvision's ResNet-18 written with
-``torch.nn`` (no torchvision dependency). Same batch, resolution, initial scheme, SGD with
+``torch.nn`` (no torchvision dependency). Same batch, resolution, initialisation scheme, SGD with
 momentum 0.9 and lr 0.01, softmax cross-entropy; every step converts uint8 images to float and
 computes the accuracy in both frameworks. PyTorch runs with as many intra-op threads as XLA's CPU
 client uses (one per core this process may run on).
