@@ -3,9 +3,12 @@
 import functools
 
 import jax
+import pytest
 
+from experiments.configs import synthetic as synthetic_config
 from mu_jax.data import synthetic
 from mu_jax.models import create_model
+from mu_jax.ops import conv as conv_ops
 from mu_jax.training import fit as fitlib
 
 
@@ -23,3 +26,29 @@ def tiny_state(model=None, cfg=None, size=16, seed=0):
   model = model or tiny_model()
   cfg = cfg or fitlib.TrainConfig(epochs=1, batch_size=16, lr=0.05)
   return fitlib.new_state(model, jax.random.key(seed), (size, size, 3), cfg, 10)
+
+
+def tiny_config():
+  """The runlocal synthetic config shrunk to seconds: 16 persons x 4 images at 8x8, width 4."""
+  c = synthetic_config.get_config("runlocal")
+  c.data.num_identities = 16
+  c.data.images_per_identity = 4
+  c.data.image_size = 8
+  c.model.width = 4
+  c.train.epochs = 2
+  c.train.batch_size = 8
+  c.train.lr_boundaries = ()
+  c.unlearn.batch_size = 8
+  c.eval.bootstrap = 20
+  return c.to_dict()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def lax_convolutions():
+  """Plain ``lax`` convolutions for a test module: they compile faster than the CPU lowering of
+  :mod:`mu_jax.ops.conv` (equal to float32 rounding, tests/test_ops_conv.py), which keeps modules
+  that compile many small steps within their time budget. Import it into a module to apply it."""
+  old = conv_ops.get_impl()
+  conv_ops.set_impl("xla")
+  yield
+  conv_ops.set_impl(old)

@@ -14,27 +14,18 @@ import sys
 
 import pytest
 
-from experiments.configs import synthetic as synthetic_config
 from mu_jax import runner
 from mu_jax.data import loader
 from mu_jax.data.splits import DataError
 from mu_jax.methods import registry
-from tests import fixtures
+from tests import fixtures, helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(**over):
   """The tiny synthetic config with ``section__key=value`` (``forget__key`` for data.forget)."""
-  c = synthetic_config.get_config("runlocal")
-  c.data.num_identities = 16
-  c.data.images_per_identity = 4
-  c.data.image_size = 8
-  c.model.width = 4
-  c.train.epochs = 2
-  c.train.batch_size = 8
-  c.unlearn.batch_size = 8
-  c = c.to_dict()
+  c = helpers.tiny_config()
   for key, value in over.items():
     section, name = key.split("__")
     target = {"top": c, "forget": c["data"]["forget"]}.get(section, c.get(section))

@@ -5,25 +5,11 @@ import os
 
 import pytest
 
-from experiments.configs import synthetic as synthetic_config
 from mu_jax import audit, benchmark, checkpoints, runner
+from tests import helpers
 
 
-def tiny_config(**over):
-  c = synthetic_config.get_config("runlocal")
-  c.data.num_identities = 16
-  c.data.images_per_identity = 4
-  c.data.image_size = 8
-  c.model.width = 4
-  c.train.epochs = 2
-  c.train.batch_size = 8
-  c.train.lr_boundaries = ()
-  c.unlearn.batch_size = 8
-  c.eval.bootstrap = 20
-  c = c.to_dict()
-  for k, v in over.items():
-    c[k] = v
-  return c
+tiny_config = helpers.tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -17,19 +17,8 @@ from mu_jax.retrieval import evaluate as reval
 from mu_jax.retrieval import model as rmodel
 from mu_jax.retrieval import train as rtrain
 from mu_jax.training import fit as fitlib
-from mu_jax.ops import conv as conv_ops
 from tests import helpers
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _lax_convolutions():
-  """These tests compile some twenty small steps; with ``lax`` convolutions each compiles in about
-  two thirds of the time the CPU matmul lowering takes (both agree to float32 rounding,
-  tests/test_ops_conv.py), which keeps the retrieval tests within their time budget."""
-  old = conv_ops.get_impl()
-  conv_ops.set_impl("xla")
-  yield
-  conv_ops.set_impl(old)
+from tests.helpers import lax_convolutions  # noqa: F401  (autouse fixture)
 
 
 def tiny_embedding_model(num_classes, head="cosface", **kw):
