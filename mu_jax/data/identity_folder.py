@@ -181,7 +181,7 @@ def read_identity_folders(root: str | os.PathLike[str], *, image_size: int | Non
                                     fraction=forget_fraction, seed=forget_seed)
 
   # A wrong forget argument should fail before every image is decoded: build once on 1x1
-  # placeholder pixels (same code, same checks), then for real.
+  # stand-in pixels (same code, same checks), then for real.
   build(np.zeros((len(rows), 1, 1, 3), np.uint8))
   paths = [os.path.join(root, p, f) for p, _, f in rows]
   return build(images_lib.load_images(paths, image_size, workers=workers))

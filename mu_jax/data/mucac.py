@@ -366,7 +366,7 @@ def read_mucac(root: str | os.PathLike[str], *, image_size: int | None = 128,
                     meta={"source": root, "reader": "mucac", "image_size": image_size, **facts})
 
   # Bad boundaries or forget arguments should fail before 30,000 images are decoded: build once on
-  # 1x1 placeholder pixels (same code, same checks), then for real.
+  # 1x1 stand-in pixels (same code, same checks), then for real.
   build(np.zeros((len(records), 1, 1, 3), np.uint8))
   paths = [os.path.join(root, IMAGE_DIR, r.file_name) for r in records]
   return build(images_lib.load_images(

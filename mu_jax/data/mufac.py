@@ -301,7 +301,7 @@ def read_mufac(root: str | os.PathLike[str], *, image_size: int | None = 128,
                     meta={"source": root, "reader": "mufac", "image_size": image_size})
 
   # A wrong forget argument should fail before thousands of images are decoded: build once on
-  # 1x1 placeholder pixels (same code, same checks), then for real.
+  # 1x1 stand-in pixels (same code, same checks), then for real.
   build(np.zeros((len(rows), 1, 1, 3), np.uint8))
   paths = [os.path.join(root, r.folder, r.image_path) for r in rows]
   return build(images_lib.load_images(paths, image_size, workers=workers,
