@@ -166,16 +166,7 @@ def write_results(directory: str, rows: Sequence[Mapping[str, Any]], *, config: 
   paths = {n: os.path.join(directory, n) for n in ("results.json", "results.csv", "table.md")}
   payload = {"config": config, "manifest_hash": manifest_hash, "rows": list(rows)}
   _atomic(paths["results.json"], json.dumps(payload, indent=1, default=checkpoints.json_default))
-  keys: list[str] = []
-  for r in rows:
-    keys += [k for k in r if k not in keys]
-  tmp = paths["results.csv"] + ".tmp"
-  with open(tmp, "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=keys)
-    w.writeheader()
-    for r in rows:
-      w.writerow({k: r.get(k, "") for k in keys})
-  os.replace(tmp, paths["results.csv"])
+  write_csv(paths["results.csv"], rows)
   table = markdown_table(rows)
   legend = ("\nMIA = the reference attack (logistic regression on per-example losses, forget vs "
             "unseen); its forgetting score |acc − 0.5| is the README's \"MIA\" column. NoMUS = "
@@ -183,6 +174,18 @@ def write_results(directory: str, rows: Sequence[Mapping[str, Any]], *, config: 
             "best when close to the retrained model's, not when extreme.\n")
   _atomic(paths["table.md"], table + "\n" + legend + (f"\n{notes}\n" if notes else ""))
   return paths
+
+
+def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
+  """One CSV row per result row, columns in order of first appearance (atomic: temp + rename)."""
+  keys = list(dict.fromkeys(k for r in rows for k in r))
+  tmp = path + ".tmp"
+  with open(tmp, "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=keys)
+    w.writeheader()
+    for r in rows:
+      w.writerow({k: r.get(k, "") for k in keys})
+  os.replace(tmp, path)
 
 
 def _atomic(path: str, text: str) -> None:

@@ -10,7 +10,6 @@ never saw the forgotten persons reaches on them).
 
 from __future__ import annotations
 
-import csv
 import functools
 import math
 import os
@@ -22,6 +21,7 @@ import numpy as np
 from scipy import special
 
 from mu_jax import checkpoints, parallel
+from mu_jax.evaluation import report
 from mu_jax.data import pipeline
 from mu_jax.data.splits import Examples
 from mu_jax.retrieval import metrics
@@ -179,14 +179,7 @@ def write_results(results_dir: str, rows: Sequence[Mapping[str, Any]], config: M
   paths = {ext: os.path.join(results_dir, f"{name}.{ext}") for ext in ("json", "csv", "md")}
   checkpoints.write_json(paths["json"], {"config": dict(config), "manifest_hash": manifest_hash,
                                          "rows": [dict(r) for r in rows]})
-  keys = list(dict.fromkeys(k for r in rows for k in r))
-  tmp = paths["csv"] + ".tmp"
-  with open(tmp, "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=keys)
-    w.writeheader()
-    for r in rows:
-      w.writerow({k: r.get(k, "") for k in keys})
-  os.replace(tmp, paths["csv"])
+  report.write_csv(paths["csv"], rows)
   with open(paths["md"], "w") as f:
     f.write(markdown_table(rows) + "\n")
   return paths
