@@ -1,16 +1,20 @@
 """Times mu_jax's ResNet-18 training step against the same network in PyTorch, on the CPU.
 
 Three candidates run interleaved in one process (so background load hits them alike): mu_jax's
-jitted data-parallel train step with the default lowering ("fast": the per-shape convolution
-lowering and slice max-pool of :mod:`mu_jax.ops.conv` on CPU), the same step traced with plain
+jitted data-parallel train step with the default lowering ("fast": the per-pass convolution
+plan and slice max-pool of :mod:`mu_jax.ops.conv` on CPU), the same step traced with plain
 ``lax.conv_general_dilated``/``reduce_window`` ("xla"), and torchvision's ResNet-18 written with
-``torch.nn`` (no torchvision dependency). Same batch, resolution, initialisation scheme, SGD with
+``torch.nn`` (no torchvision dependency). The process-wide settings of :mod:`mu_jax.runtime`
+(XLA's convolutions on Eigen, freed memory kept by malloc) apply to every candidate, PyTorch
+included; run with ``MU_JAX_CPU_TUNING=0`` to time all three without them. Same batch, resolution, initialisation scheme, SGD with
 momentum 0.9 and lr 0.01, softmax cross-entropy; every step converts uint8 images to float and
 computes the accuracy in both frameworks. PyTorch runs with as many intra-op threads as XLA's CPU
 client uses (one per core this process may run on).
 
 ``--layers`` times every ResNet-18 convolution shape instead (forward, input gradient and weight
-gradient separately, each lowering and PyTorch), plus the max-pool.
+gradient separately, each lowering and PyTorch, and the lowering the plan picks), plus the max-pool.
+Single layers mislead about the plan: inside a whole step XLA fuses operand producers into a
+convolution's transposes (see ``mu_jax.ops.conv.plan_for``), so the plan was chosen on steps.
 
 Usage:
   python benchmarks/train_step.py --sizes=128,64,32 --reps=7 --out=train_step.json
@@ -37,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mu_jax import parallel
+from mu_jax import parallel, runtime
 from mu_jax.models import create_model
 from mu_jax.ops import conv as conv_ops
 from mu_jax.training import fit, steps
@@ -271,8 +275,8 @@ def bench_layers(args) -> dict:
         f"(xla = lax.conv_general_dilated, im2col = mu_jax's matmul lowering, torch = PyTorch; "
         f"max-pool: im2col column = mu_jax's slice max-pool)")
   print("| input | layer | ×n | fwd xla / im2col / torch | dx xla / im2col / torch | "
-        "dw xla / im2col / torch |")
-  print("|---|---|---|---|---|---|")
+        "dw xla / im2col / torch | plan fwd/dx/dw |")
+  print("|---|---|---|---|---|---|---|")
   for size in args.sizes:
     for name, h, ci, co, k, s, count in resnet18_convs(size):
       pad = k // 2
@@ -298,12 +302,15 @@ def bench_layers(args) -> dict:
         cands[("dw", "torch")] = lambda: torch.nn.grad.conv2d_weight(tx, tw.shape, tg, s, pad)
       times = interleave(cands, args.reps, 1)
       med = {key: 1e3 * statistics.median(v) for key, v in times.items()}
+      plan = conv_ops.plan_for(x.shape, w.shape, s)
       rows.append({"size": size, "layer": name, "h": h, "cin": ci, "cout": co, "k": k, "stride": s,
-                   "count": count, "median_ms": {f"{a}_{b}": v for (a, b), v in med.items()}})
+                   "count": count, "plan": plan,
+                   "median_ms": {f"{a}_{b}": v for (a, b), v in med.items()}})
       cells = []
       for part in ("fwd", "dx", "dw"):
         vals = [med.get((part, impl)) for impl in ("xla", "im2col", "torch")]
         cells.append(" / ".join("-" if v is None else f"{v:.1f}" for v in vals))
+      cells.append("/".join("mm" if p == "matmul" else p for p in plan))
       print(f"| {size} | {name} {h}×{h} {ci}→{co} | {count} | " + " | ".join(cells) + " |", flush=True)
     # The stem max-pool: 3×3/2, padding 1, on the stem output.
     hp = -(-size // 2)
@@ -331,7 +338,8 @@ def bench_layers(args) -> dict:
                  "stride": 2, "count": 1, "median_ms": {f"{a}_{b}": v for (a, b), v in med.items()}})
     cells = [" / ".join(f"{med[(part, impl)]:.1f}" for impl in ("xla", "im2col", "torch"))
              for part in ("fwd", "dx")]
-    print(f"| {size} | max-pool 3×3/2 {hp}×{hp}×64 | 1 | {cells[0]} | {cells[1]} | - |", flush=True)
+    print(f"| {size} | max-pool 3×3/2 {hp}×{hp}×64 | 1 | {cells[0]} | {cells[1]} | - | slices |",
+          flush=True)
   return {"layers": rows}
 
 
@@ -353,7 +361,9 @@ def main():
   info = {"jax": jax.__version__, "torch": torch.__version__, "backend": jax.default_backend(),
           "threads": cpu_threads(), "torch_threads": torch.get_num_threads(),
           "cpu": platform.processor() or platform.machine(), "batch": args.batch,
-          "reps": args.reps, "loadavg_start": os.getloadavg()}
+          "reps": args.reps, "loadavg_start": os.getloadavg(),
+          "eigen_convolutions": runtime.EIGEN_CONVOLUTIONS,
+          "freed_memory_kept": runtime.FREED_MEMORY_KEPT}
   print(json.dumps(info))
   result = bench_layers(args) if args.layers else bench_steps(args)
   info["loadavg_end"] = os.getloadavg()

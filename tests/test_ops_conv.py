@@ -19,6 +19,7 @@ receives the gradient.
 from __future__ import annotations
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -124,24 +125,52 @@ def test_asymmetric_padding_matches_lax():
     _close(a, b)
 
 
-def test_auto_keeps_xla_for_thin_inputs_and_narrow_stride_1_layers():
-  """conv2d_matmul hands the shapes where lax measured as fast to lax, the rest to im2col."""
+def test_plan_follows_the_shape_rules():
+  """Tiny maps: matmul; the RGB stem: XLA; else XLA forward and matmul weight gradient (Eigen)."""
+  xla, mm = "xla", "matmul"
+  stem = ((2, 16, 16, 3), (7, 7, 3, 8), 2)
+  for eigen in (True, False):
+    assert conv.plan_for((2, 2, 2, 16), (3, 3, 16, 8), 1, eigen) == (mm, mm, mm)
+    assert conv.plan_for((2, 1, 1, 16), (3, 3, 16, 8), 2, eigen) == (mm, mm, mm)
+    assert conv.plan_for(*stem, eigen) == (xla, xla, xla)
+  # A 1×1 kernel on a 2×2 map is an ordinary matmul-sized product, not a tiny-map case.
+  assert conv.plan_for((2, 2, 2, 16), (1, 1, 16, 8), 2, True) == (xla, mm, mm)
+  assert conv.plan_for((2, 8, 8, 16), (3, 3, 16, 8), 1, True) == (xla, xla, mm)
+  assert conv.plan_for((2, 8, 8, 16), (3, 3, 16, 8), 2, True) == (xla, mm, mm)
+  assert conv.plan_for((2, 8, 8, 16), (3, 3, 16, 8), 1, False) == (mm, mm, mm)
+
+
+@pytest.mark.parametrize("plan", list(itertools.product(("xla", "matmul"), repeat=3)), ids="-".join)
+@pytest.mark.parametrize("case", [CASES[3], CASES[9], CASES[14], CASES[6]], ids=lambda c: c[0])
+def test_every_mix_of_lowerings_matches_lax(plan, case):
+  """Each pass can take either lowering; any mix gives lax's values and gradients."""
+  _, h, w, ci, co, k, stride, pad = case
+  x, kernel, r = _data(4, 2, h, w, ci, co, k, stride, pad)
+  padding = ((pad, pad), (pad, pad))
+
+  def mixed(x_, w_, s, p):
+    return conv.conv2d_im2col(x_, w_, s, p, plan)
+
+  for a, b in zip(_value_and_grads(mixed, x, kernel, r, stride, padding),
+                  _value_and_grads(_lax_conv, x, kernel, r, stride, padding)):
+    _close(a, b)
+
+
+def test_conv2d_matmul_runs_the_plan_of_the_shape():
   padding = ((1, 1), (1, 1))
-
-  def uses_im2col(x, kernel, stride):
-    jaxpr = str(jax.make_jaxpr(lambda a, b: conv.conv2d_matmul(a, b, stride, padding))(x, kernel))
-    return "custom_vjp" in jaxpr
-
   x16, k16, r16 = _data(6, 2, 8, 8, 16, 8, 3, 1, 1)
-  assert not uses_im2col(x16, k16, 1)  # stride 1, <= 64 channels, 8x8 map: lax
-  assert uses_im2col(x16, k16, 2)  # stride 2: im2col
-  assert uses_im2col(x16[:, :2, :2], k16, 1)  # 2x2 map: im2col
-  x3, k3, _ = _data(6, 2, 8, 8, 3, 8, 7, 2, 3)
-  assert not uses_im2col(x3, k3, 2)  # thin input (the RGB stem): lax
-  x128, k128, _ = _data(6, 2, 8, 8, 128, 8, 3, 1, 1)
-  assert uses_im2col(x128, k128, 1)  # 128 channels: im2col
-  for a, b in zip(_value_and_grads(conv.conv2d_matmul, x16, k16, r16, 1, padding),
-                  _value_and_grads(_lax_conv, x16, k16, r16, 1, padding)):
+  seen = []
+  original = conv.plan_for
+
+  def spy(*args, **kwargs):
+    seen.append(original(*args, **kwargs))
+    return seen[-1]
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(conv, "plan_for", spy)
+    got = _value_and_grads(conv.conv2d_matmul, x16, k16, r16, 1, padding)
+  assert seen and seen[0] == original(x16.shape, k16.shape, 1)
+  for a, b in zip(got, _value_and_grads(_lax_conv, x16, k16, r16, 1, padding)):
     _close(a, b)
 
 

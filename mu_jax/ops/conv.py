@@ -3,19 +3,20 @@
 Models call :func:`conv2d` and :func:`max_pool` instead of ``lax`` directly so that the lowering is
 chosen by shape in one place.
 
-Why there is more than one lowering: XLA's CPU backend (JAX 0.10, convolutions handed to YNNPACK)
-is far from the matmul speed of the same machine on the shapes a ResNet-18 sees on small images:
+Why there is more than one lowering: XLA's CPU backend (JAX 0.10) is far from the matmul speed of
+the same machine on some shapes a ResNet-18 sees on small images:
 
 * tiny feature maps (1×1, 2×2: a 3×3 convolution on a 2×2 map runs ~100× slower than the same
-  arithmetic as a matmul), and the input gradient of stride-2 convolutions on 2×2 and 4×4 maps;
-* the weight gradient of layers with 128+ channels, which XLA computes as a convolution over
-  transposed copies of the activations (about 2× the forward time, 1.5-2× the matmul form);
+  arithmetic as a matmul), and the input gradient of stride-2 convolutions;
+* the weight gradient, which XLA computes as a convolution over transposed copies of the
+  activations; inside a training step XLA fuses the batch norm and ReLU that produce those
+  activations into the transposes and recomputes them there, with strided reads;
 * the max-pool backward (``select_and_scatter``: 7-10× slower than a gather-form backward).
 
-On the CPU, :func:`conv2d` therefore lowers to matrix products over im2col patches by default
-("matmul"; :func:`conv2d_im2col`), through a ``custom_vjp``, except for the shapes where XLA's
-convolution measured as fast or faster (thin inputs such as the RGB stem, and stride-1 layers with
-at most 64 channels on maps of 8×8 or more; see :func:`_xla_is_faster`):
+On the CPU, :func:`conv2d` therefore picks a lowering for each pass of each convolution (forward,
+input gradient, weight gradient; :func:`plan_for`) through a ``custom_vjp``: XLA's own convolution
+(run by Eigen, see :mod:`mu_jax.runtime`) or matrix products over im2col patches
+(:func:`conv2d_im2col`):
 
 * kernel taps that only ever read padding are dropped first (a 3×3 convolution on a 1×1 map is a
   plain matmul with the centre tap);
@@ -124,34 +125,71 @@ def _used_taps(size: int, k: int, stride: int, lo: int, hi: int) -> tuple[int, i
   return used[0], used[-1]
 
 
-def _xla_is_faster(x: jax.Array, kernel: jax.Array, stride: int) -> bool:
-  """Shapes where the matmul lowering did not beat XLA's own convolution, which is kept.
+# Which lowering runs each pass of a convolution: (forward, input gradient, weight gradient).
+Plan = tuple[str, str, str]
+ALL_XLA: Plan = ("xla", "xla", "xla")
+ALL_MATMUL: Plan = ("matmul", "matmul", "matmul")
 
-  * Thin inputs (fewer than 16 channels: the 7×7/2 stem on RGB): im2col gathers 49 three-channel
-    taps, which costs more than the multiply; XLA's forward and weight gradient were as fast or
-    faster (64×64 input: dw 22 against 40 ms).
-  * Stride 1 with at most 64 input channels on maps of 8×8 or more (ResNet-18's layer1): XLA was
-    as fast or faster in forward, dx and dw (32×32: 37/33/85 against 45/35/84 ms; 8×8: 2.2/2.2/4.0
-    against 3.9/3.1/5.2 ms). Numbers: ``benchmarks/train_step.py --layers``, BUILD_NOTES.
+
+def plan_for(x_shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
+             eigen_convolutions: bool | None = None) -> Plan:
+  """The lowering of each pass of a CPU convolution, chosen by shape.
+
+  Chosen from whole training steps of ResNet-18 at batch 64 (``benchmarks/train_step.py``;
+  single-layer timings mislead here, because inside a step XLA fuses the producers of a
+  convolution's operands into the transposes its weight gradient needs and recomputes them there;
+  BUILD_NOTES.md):
+
+  * Maps of 2×2 or 1×1 under a kernel larger than 1×1: matmul everywhere. XLA's convolution
+    is pathological there (2×2×512 3×3: ~420 ms forward against 3.5 ms).
+  * Thin inputs (< 16 channels: the RGB stem): XLA everywhere; im2col of 49 three-channel taps
+    costs more than the multiply.
+  * Otherwise, with XLA's convolutions on Eigen (:data:`mu_jax.runtime.EIGEN_CONVOLUTIONS`, the
+    default): XLA's forward; XLA's input gradient at stride 1 and col2im at stride 2 (XLA's
+    strided transpose took 33 against 11 ms at 32×32×64→128); the matmul weight gradient
+    ``patches^T @ dy``, which needs no transposed copies of the activations.
+  * With XLA's convolutions on YNNPACK (tuning switched off): the matmul lowering for all passes
+    (YNNPACK's convolutions were slower in every pass but the forward of a few shapes).
+
+  Args:
+    x_shape: input shape [N, H, W, C_in].
+    kernel_shape: [KH, KW, C_in, C_out].
+    stride: the stride along H and W.
+    eigen_convolutions: which library runs XLA's convolutions; by default what
+      :mod:`mu_jax.runtime` set up for this process.
+
+  Returns:
+    ("xla" | "matmul") for the forward, the input gradient and the weight gradient.
   """
-  del kernel
-  ci, hw = x.shape[-1], x.shape[1] * x.shape[2]
-  return ci < 16 or (stride == 1 and ci <= 64 and hw >= 64)
+  if eigen_convolutions is None:
+    from mu_jax import runtime  # pylint: disable=import-outside-toplevel
+    eigen_convolutions = runtime.EIGEN_CONVOLUTIONS
+  h, w, ci = x_shape[1], x_shape[2], x_shape[3]
+  kh, kw = kernel_shape[0], kernel_shape[1]
+  if h * w <= 4 and kh * kw > 1:
+    return ALL_MATMUL
+  if ci < 16:
+    return ALL_XLA
+  if not eigen_convolutions:
+    return ALL_MATMUL
+  return ("xla", "xla" if stride == 1 else "matmul", "matmul")
 
 
 def conv2d_matmul(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
   """The CPU lowering (see the module docstring); same contract as :func:`conv2d`.
 
-  Shapes where XLA's convolution is faster (:func:`_xla_is_faster`) keep it; every other shape
-  runs the matmul lowering.
+  Each pass runs the lowering :func:`plan_for` picks for this shape.
   """
-  if _xla_is_faster(x, kernel, stride):
-    return conv2d_xla(x, kernel, stride, padding)
-  return conv2d_im2col(x, kernel, stride, padding)
+  return conv2d_im2col(x, kernel, stride, padding, plan_for(x.shape, kernel.shape, stride))
 
 
-def conv2d_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
-  """The matmul lowering for every shape (no fallback to XLA); same contract as :func:`conv2d`."""
+def conv2d_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding,
+                  plan: Plan = ALL_MATMUL) -> jax.Array:
+  """The matmul lowering (no fallback to XLA unless ``plan`` names it for a pass).
+
+  Same contract as :func:`conv2d`; ``plan`` gives the lowering of the forward, the input gradient
+  and the weight gradient (by default the matmul lowering for all three).
+  """
   (lo_h, hi_h), (lo_w, hi_w) = padding
   kh, kw = kernel.shape[:2]
   h, w = x.shape[1:3]
@@ -164,10 +202,10 @@ def conv2d_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding
   kh, kw = kernel.shape[:2]
   lo_h, lo_w = lo_h - h0, lo_w - w0
   # High padding that makes the output size unchanged; negative values crop input rows that no
-  # remaining tap reads (lax.pad accepts negative padding).
+  # remaining tap reads (lax.pad and XLA's convolution accept negative padding).
   hi_h = (ho - 1) * stride + kh - h - lo_h
   hi_w = (wo - 1) * stride + kw - w - lo_w
-  return _conv_mm(x, kernel, stride, ((lo_h, hi_h), (lo_w, hi_w)))
+  return _conv_mm(x, kernel, stride, ((lo_h, hi_h), (lo_w, hi_w)), tuple(plan))
 
 
 def _patches(x: jax.Array, kh: int, kw: int, stride: int, padding: Padding) -> jax.Array:
@@ -229,26 +267,46 @@ def _forward(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> 
   return _map_chunks(body, x.shape[0], _patch_bytes(x, kh, kw, ho, wo), x)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_mm(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+def _forward_planned(x, kernel, stride, padding, plan):
+  if plan[0] == "xla":
+    return conv2d_xla(x, kernel, stride, padding)
   return _forward(x, kernel, stride, padding)
 
 
-def _conv_mm_fwd(x, kernel, stride, padding):
-  return _forward(x, kernel, stride, padding), (x, kernel)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_mm(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding, plan: Plan
+             ) -> jax.Array:
+  return _forward_planned(x, kernel, stride, padding, plan)
 
 
-def _conv_mm_bwd(stride, padding, res, g):
+def _conv_mm_fwd(x, kernel, stride, padding, plan):
+  return _forward_planned(x, kernel, stride, padding, plan), (x, kernel)
+
+
+def _conv_mm_bwd(stride, padding, plan, res, g):
   x, kernel = res
-  kh, kw, ci, co = kernel.shape
+  dx = dw = None
+  if plan[1] == "xla":
+    dx = jax.vjp(lambda v: conv2d_xla(v, kernel, stride, padding), x)[1](g)[0]
+  if plan[2] == "xla":
+    dw = jax.vjp(lambda k: conv2d_xla(x, k, stride, padding), kernel)[1](g)[0]
+  if dw is None:
+    dw = _im2col_dw(x, kernel, g, stride, padding)
+  if dx is None:
+    dx = _col2im_dx(x, kernel, g, stride, padding)
+  return dx, dw
+
+
+def _im2col_dw(x, kernel, g, stride, padding):
+  """Weight gradient as ``patches^T @ dy``, summed over chunks of examples."""
+  kh, kw = kernel.shape[:2]
   n = x.shape[0]
   ho, wo = g.shape[1:3]
   pb = _patch_bytes(x, kh, kw, ho, wo)
   acc = _acc_type(x.dtype)
-  wm = kernel.reshape(kh * kw * ci, co)
 
-  # Weight gradient: patches^T @ dy summed over chunks; the contraction runs over every output
-  # position, so it is one long matmul per chunk instead of XLA's convolution over transposes.
+  # The contraction runs over every output position: one long matmul per chunk instead of a
+  # convolution over transposed copies of the activations.
   def dw_part(xc, gc):
     return lax.dot_general(_patches(xc, kh, kw, stride, padding), gc,
                            (((0, 1, 2), (0, 1, 2)), ((), ())), preferred_element_type=acc)
@@ -262,16 +320,24 @@ def _conv_mm_bwd(stride, padding, res, g):
     # The first chunk starts the sum, so no zero-filled accumulator is written first.
     dw, _ = lax.scan(lambda total, parts: (total + dw_part(*parts), None), dw_part(xs[0], gs[0]),
                      (xs[1:], gs[1:]))
-  dw = dw.reshape(kernel.shape).astype(kernel.dtype)
+  return dw.reshape(kernel.shape).astype(kernel.dtype)
 
-  # Input gradient: dy @ kernel^T is the gradient of every patch entry (a matmul with the kernel
+
+def _col2im_dx(x, kernel, g, stride, padding):
+  """Input gradient as ``dy @ kernel^T`` followed by col2im, chunked over examples."""
+  kh, kw, ci, co = kernel.shape
+  ho, wo = g.shape[1:3]
+  acc = _acc_type(x.dtype)
+  wm = kernel.reshape(kh * kw * ci, co)
+
+  # dy @ kernel^T is the gradient of every patch entry (a matmul with the kernel
   # in its stored layout: no flipped or transposed copy), and col2im adds the entries back onto
   # the input pixels they were read from.
   def dx_body(gc):
     dp = lax.dot_general(gc, wm, (((3,), (1,)), ((), ())), preferred_element_type=acc)
     return _col2im(dp, x.shape[1:3], kh, kw, stride, padding).astype(x.dtype)
 
-  return _map_chunks(dx_body, n, pb, g), dw
+  return _map_chunks(dx_body, x.shape[0], _patch_bytes(x, kh, kw, ho, wo), g)
 
 
 def _col2im(dp: jax.Array, hw: tuple[int, int], kh: int, kw: int, stride: int, padding: Padding

@@ -1,0 +1,100 @@
+"""mu_jax.runtime: the process-wide CPU settings made when mu_jax is imported.
+
+Each case that depends on process state (environment, whether XLA has started) runs in a fresh
+Python process, since the settings can only be made once per process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mu_jax import runtime
+
+# Prints what the runtime module decided, after an optional prologue.
+_REPORT = """
+import json, os
+import mu_jax
+from mu_jax import runtime
+print(json.dumps({"flags": os.environ.get("XLA_FLAGS", ""), "eigen": runtime.EIGEN_CONVOLUTIONS,
+                  "kept": runtime.FREED_MEMORY_KEPT}))
+"""
+
+# Minor page faults of the last of several calls of a jitted function with a 64 MB temporary (a
+# matmul's output, which XLA must materialise; fresh memory on every call unless it is kept).
+_FAULTS = """
+import json, resource
+import mu_jax
+import jax, jax.numpy as jnp
+f = jax.jit(lambda a: jnp.sum(jnp.tanh(a @ a.T) @ a))
+x = jnp.ones((4096, 256), jnp.float32)
+for _ in range(4):
+  f(x).block_until_ready()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+f(x).block_until_ready()
+print(json.dumps({"faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
+"""
+
+
+def _run(code: str, **env_changes: str | None) -> dict:
+  env = dict(os.environ)
+  env.pop(runtime.ENV_SWITCH, None)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  env["JAX_PLATFORMS"] = "cpu"
+  for key, value in env_changes.items():
+    if value is None:
+      env.pop(key, None)
+    else:
+      env[key] = value
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=120, check=True).stdout
+  return json.loads(out.strip().splitlines()[-1])
+
+
+def test_import_appends_the_eigen_flag_and_keeps_freed_memory():
+  got = _run(_REPORT)
+  assert got["flags"].split() == ["--xla_force_host_platform_device_count=2",
+                                  runtime.EIGEN_CONV_FLAG]
+  assert got["eigen"] is True
+  assert got["kept"] is (sys.platform == "linux")
+
+
+def test_the_switch_turns_both_settings_off():
+  got = _run(_REPORT, MU_JAX_CPU_TUNING="0")
+  assert got == {"flags": "--xla_force_host_platform_device_count=2", "eigen": False,
+                 "kept": False}
+
+
+def test_a_users_own_setting_of_the_flag_is_left_alone():
+  own = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
+  got = _run(_REPORT, XLA_FLAGS=own)
+  assert got["flags"] == own and got["eigen"] is False
+  # The same flag given by the user, already routing convolutions to Eigen, is recognised.
+  got = _run(_REPORT, XLA_FLAGS=runtime.EIGEN_CONV_FLAG, MU_JAX_CPU_TUNING="0")
+  assert got["eigen"] is True
+
+
+def test_too_late_when_xla_already_started():
+  got = _run("import jax; jax.numpy.ones(2).block_until_ready()\n" + _REPORT)
+  assert runtime.EIGEN_CONV_FLAG not in got["flags"] and got["eigen"] is False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")
+def test_kept_memory_removes_the_page_faults_of_repeated_steps():
+  tuned = _run(_FAULTS)["faults"]
+  plain = _run(_FAULTS, MU_JAX_CPU_TUNING="0")["faults"]
+  # 64 MB of fresh memory is ~16k 4 KiB pages; reused memory faults (almost) nothing.
+  assert plain > 10_000, plain
+  assert tuned < plain / 10, (tuned, plain)
+
+
+def test_this_test_process_was_tuned_at_import():
+  """conftest imports mu_jax before XLA starts, so the suite runs with the default settings."""
+  if not runtime.enabled():
+    pytest.skip(f"{runtime.ENV_SWITCH} switches the tuning off in this environment")
+  assert runtime.EIGEN_CONVOLUTIONS
+  assert runtime.EIGEN_CONV_FLAG in os.environ["XLA_FLAGS"].split()
