@@ -18,6 +18,7 @@ convolution's transposes (see ``mu_jax.ops.conv.plan_for``), so the plan was cho
 
 Usage:
   python benchmarks/train_step.py --sizes=128,64,32 --reps=7 --out=train_step.json
+  python benchmarks/train_step.py --sizes=128,64 --plans=matmul,xla-dw,matmul-dw,matmul-dx
   python benchmarks/train_step.py --layers --sizes=128,64,32 --out=layers.json
 
 In the per-layer table "dx" of the max-pool is its backward including the forward it needs (the
@@ -140,8 +141,38 @@ def make_torch_step(size: int, batch: int, seed: int):
 # mu_jax.
 
 
-def make_jax_step(size: int, batch: int, seed: int, impl: str):
-  """A closure running one mu_jax training step, traced with conv lowering ``impl``."""
+# Alternative per-pass plans for ``--plans`` (see mu_jax.ops.conv.plan_for), each a function of
+# (input shape, kernel shape, stride) like plan_for; tiny maps and the stem keep the default.
+_DEFAULT_PLAN = conv_ops.plan_for
+
+
+def _alt_plan(rest):
+  def plan(x_shape, kernel_shape, stride, eigen_convolutions=None):
+    tiny = x_shape[1] * x_shape[2] <= 4 and kernel_shape[0] * kernel_shape[1] > 1
+    if tiny or x_shape[3] < 16:
+      return _DEFAULT_PLAN(x_shape, kernel_shape, stride, eigen_convolutions)
+    return rest(stride, x_shape[1] * x_shape[2])
+  return plan
+
+
+ALT_PLANS = {
+    # im2col for every pass of every layer past the stem.
+    "matmul": _alt_plan(lambda stride, hw: conv_ops.ALL_MATMUL),
+    # XLA's convolution also for the weight gradient (transposed activations).
+    "xla-dw": _alt_plan(lambda stride, hw: ("xla", "xla" if stride == 1 else "matmul", "xla")),
+    # patches^T @ dy for the weight gradient on every map.
+    "matmul-dw": _alt_plan(lambda stride, hw: ("xla", "xla" if stride == 1 else "matmul",
+                                               "matmul")),
+    # col2im for the input gradient at stride 1 as well.
+    "matmul-dx": _alt_plan(lambda stride, hw: ("xla", "matmul", "matmul")),
+}
+
+
+def make_jax_step(size: int, batch: int, seed: int, impl: str, plan=None):
+  """A closure running one mu_jax training step, traced with conv lowering ``impl``.
+
+  ``plan`` (a function like ``conv_ops.plan_for``) replaces the per-pass plan while tracing.
+  """
   model = create_model("resnet18", NUM_CLASSES)
   cfg = fit.TrainConfig(epochs=1, batch_size=batch, lr=0.01, momentum=0.9, lr_boundaries=(),
                         augment=False)
@@ -158,13 +189,15 @@ def make_jax_step(size: int, batch: int, seed: int, impl: str):
       out_specs=(parallel.REPLICATED, parallel.REPLICATED), donate_argnums=(0,))
   key = jax.random.key(seed + 1)
   holder = {"state": state}
-  previous = conv_ops.get_impl()
+  previous, previous_plan = conv_ops.get_impl(), conv_ops.plan_for
   conv_ops.set_impl(impl)
+  conv_ops.plan_for = plan or previous_plan
   try:
     holder["state"], _ = fn(holder["state"], data, key)  # compiles under this lowering
     jax.block_until_ready(holder["state"])
   finally:
     conv_ops.set_impl(previous)
+    conv_ops.plan_for = previous_plan
 
   def step():
     holder["state"], metrics = fn(holder["state"], data, key)
@@ -208,30 +241,38 @@ def interleave(candidates: dict, reps: int, warmup: int, faults: dict | None = N
 def bench_steps(args) -> dict:
   import torch
   rows = []
-  candidates, meta = {}, {}
+  jax_names = ["jax_fast", "jax_xla"] + [f"plan:{name}" for name in args.plans]
+  labels = ["JAX fast", "JAX plain XLA"] + [f"plan {name}" for name in args.plans]
+  candidates = {}
   for size in args.sizes:
     candidates[(size, "jax_fast")] = make_jax_step(size, args.batch, args.seed, "auto")
     candidates[(size, "jax_xla")] = make_jax_step(size, args.batch, args.seed, "xla")
+    for name in args.plans:
+      candidates[(size, f"plan:{name}")] = make_jax_step(size, args.batch, args.seed, "auto",
+                                                         ALT_PLANS[name])
     candidates[(size, "torch")] = make_torch_step(size, args.batch, args.seed)
-    meta[size] = {}
   faults: dict = {}
   times = interleave(candidates, args.reps, args.warmup, faults)
   print(f"\nbatch {args.batch}, median of {args.reps} interleaved steps, images/s "
         f"(XLA CPU threads = torch threads = {torch.get_num_threads()}); "
-        f"page faults per step in brackets")
-  print("| input | JAX fast | JAX plain XLA | PyTorch | fast/PyTorch | XLA/PyTorch |")
-  print("|---|---|---|---|---|---|")
+        f"page faults per step in brackets; ratios are JAX/PyTorch")
+  print("| input | " + " | ".join(labels) + " | PyTorch | " + " | ".join(f"{l}/PyTorch" for l in labels)
+        + " |")
+  print("|---" * (2 * len(labels) + 2) + "|")
   for size in args.sizes:
-    med = {impl: statistics.median(times[(size, impl)]) for impl in ("jax_fast", "jax_xla", "torch")}
+    names = jax_names + ["torch"]
+    med = {impl: statistics.median(times[(size, impl)]) for impl in names}
     ips = {impl: args.batch / m for impl, m in med.items()}
-    nf = {impl: int(statistics.median(faults[(size, impl)])) for impl in med}
+    nf = {impl: int(statistics.median(faults[(size, impl)])) for impl in names}
     row = {"size": size, "median_s": med, "images_per_s": ips,
-           "all_s": {impl: times[(size, impl)] for impl in med}, "page_faults": nf,
+           "all_s": {impl: times[(size, impl)] for impl in names}, "page_faults": nf,
+           "over_torch": {impl: ips[impl] / ips["torch"] for impl in jax_names},
            "fast_over_torch": ips["jax_fast"] / ips["torch"],
            "xla_over_torch": ips["jax_xla"] / ips["torch"]}
     rows.append(row)
-    cells = " | ".join(f"{ips[i]:.1f} [{nf[i] // 1000}k]" for i in ("jax_fast", "jax_xla", "torch"))
-    print(f"| {size}×{size} | {cells} | {row['fast_over_torch']:.2f} | {row['xla_over_torch']:.2f} |")
+    cells = " | ".join(f"{ips[i]:.1f} [{nf[i] // 1000}k]" for i in names)
+    ratios = " | ".join(f"{row['over_torch'][i]:.2f}" for i in jax_names)
+    print(f"| {size}×{size} | {cells} | {ratios} |")
   return {"steps": rows}
 
 
@@ -351,9 +392,15 @@ def main():
   parser.add_argument("--warmup", type=int, default=1, help="untimed steps per candidate")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--layers", action="store_true", help="time single layers instead")
+  parser.add_argument("--plans", default="", help="comma-separated alternative per-pass plans "
+                      f"to time beside the default: {', '.join(ALT_PLANS)}")
   parser.add_argument("--out", default=None, help="write the results as JSON here")
   args = parser.parse_args()
   args.sizes = [int(s) for s in args.sizes.split(",")]
+  args.plans = [p for p in args.plans.split(",") if p]
+  unknown = sorted(set(args.plans) - set(ALT_PLANS))
+  if unknown:
+    parser.error(f"unknown --plans {unknown}; choose from {sorted(ALT_PLANS)}")
   if jax.default_backend() != "cpu":
     print(f"note: the JAX backend is {jax.default_backend()}; torch runs on the CPU")
   import torch  # the optional `bench` extra

@@ -50,8 +50,11 @@ def enabled() -> bool:
 
 
 def _backends_initialized() -> bool:
-  from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
-  return xla_bridge.backends_are_initialized()
+  try:  # a private JAX function; if it moves, assume XLA has not started (the usual case)
+    from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
+    return bool(xla_bridge.backends_are_initialized())
+  except (ImportError, AttributeError):
+    return False
 
 
 def route_convolutions_to_eigen() -> bool:

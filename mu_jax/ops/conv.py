@@ -146,8 +146,11 @@ def plan_for(x_shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
     costs more than the multiply.
   * Otherwise, with XLA's convolutions on Eigen (:data:`mu_jax.runtime.EIGEN_CONVOLUTIONS`, the
     default): XLA's forward; XLA's input gradient at stride 1 and col2im at stride 2 (XLA's
-    strided transpose took 33 against 11 ms at 32×32×64→128); the matmul weight gradient
-    ``patches^T @ dy``, which needs no transposed copies of the activations.
+    strided transpose took 33 against 11 ms at 32×32×64→128); XLA's weight gradient on maps of
+    at most 16×16 and ``patches^T @ dy`` on larger ones, whose transposed (and, inside a step,
+    recomputed) activations cost more than the patches. Whole steps with XLA's weight gradient on
+    small maps only were 6% faster than with the matmul one everywhere at 64×64 input and within
+    3% at 128×128; with XLA's weight gradient everywhere, 2-10% slower at 128×128 (two runs).
   * With XLA's convolutions on YNNPACK (tuning switched off): the matmul lowering for all passes
     (YNNPACK's convolutions were slower in every pass but the forward of a few shapes).
 
@@ -172,7 +175,7 @@ def plan_for(x_shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
     return ALL_XLA
   if not eigen_convolutions:
     return ALL_MATMUL
-  return ("xla", "xla" if stride == 1 else "matmul", "matmul")
+  return ("xla", "xla" if stride == 1 else "matmul", "xla" if h * w <= 256 else "matmul")
 
 
 def conv2d_matmul(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
