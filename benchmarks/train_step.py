@@ -5,8 +5,9 @@ jitted data-parallel train step with the default lowering ("fast": the per-pass 
 plan and slice max-pool of :mod:`mu_jax.ops.conv` on CPU), the same step traced with plain
 ``lax.conv_general_dilated``/``reduce_window`` ("xla"), and torchvision's ResNet-18 written with
 ``torch.nn`` (no torchvision dependency). The process-wide settings of :mod:`mu_jax.runtime`
-(XLA's convolutions on Eigen, freed memory kept by malloc) apply to every candidate, PyTorch
-included; run with ``MU_JAX_CPU_TUNING=0`` to time all three without them. Same batch, resolution, initialisation scheme, SGD with
+(XLA's convolutions on Eigen; freed memory kept by malloc, which this script turns on unless
+``MU_JAX_KEEP_FREED_MEMORY=0``) apply to every candidate, PyTorch included; run with
+``MU_JAX_CPU_TUNING=0`` to time all three without either. Same batch, resolution, initialisation scheme, SGD with
 momentum 0.9 and lr 0.01, softmax cross-entropy; every step converts uint8 images to float and
 computes the accuracy in both frameworks. PyTorch runs with as many intra-op threads as XLA's CPU
 client uses (one per core this process may run on).
@@ -38,14 +39,18 @@ import resource
 import statistics
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+# Large training steps are what this script measures, the case mu_jax.runtime's opt-in malloc
+# setting is for; it must be set before mu_jax is imported. MU_JAX_KEEP_FREED_MEMORY=0 compares.
+os.environ.setdefault("MU_JAX_KEEP_FREED_MEMORY", "1")
 
-from mu_jax import parallel, runtime
-from mu_jax.models import create_model
-from mu_jax.ops import conv as conv_ops
-from mu_jax.training import fit, steps
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mu_jax import parallel, runtime  # noqa: E402
+from mu_jax.models import create_model  # noqa: E402
+from mu_jax.ops import conv as conv_ops  # noqa: E402
+from mu_jax.training import fit, steps  # noqa: E402
 
 NUM_CLASSES = 8
 PAUSE_S = 0.05

@@ -1,23 +1,25 @@
 """Process-wide CPU settings that mu_jax applies once, when it is first imported.
 
-Two settings make XLA's CPU backend much faster on ResNet training steps, and both only take
-effect if they are made before XLA starts (its flags are read once, its threads allocate from
-the first moment), which is why they live here and not in a function a script calls later:
+Both only take effect if they are made before XLA starts (its flags are read once, its threads
+take malloc arenas from their first allocation), which is why they live here and not in a
+function a script calls later:
 
-* **Convolutions through Eigen, matmuls through YNNPACK.** JAX 0.10's CPU backend hands
-  convolutions to YNNPACK by default; for the weight gradient of a convolution (a convolution whose
+* **Convolutions through Eigen, matmuls through YNNPACK** (on by default). JAX 0.10's CPU backend
+  hands convolutions to YNNPACK; for the weight gradient of a convolution (a convolution whose
   "kernel" is the whole feature map) YNNPACK ran 1.6-2.7× slower than XLA's Eigen convolution
   (16×16×64 at batch 64: 21.9 against 8.0 ms), and Eigen's forward and input gradient were as fast
   or faster. mu_jax appends :data:`EIGEN_CONV_FLAG` to ``XLA_FLAGS``; matrix products (the im2col
   lowering of :mod:`mu_jax.ops.conv`, dense layers) still go to YNNPACK, which multiplies at
   ~300 GFLOP/s on 2 cores.
-* **Freed host memory is kept for reuse.** XLA allocates a step's temporaries afresh on every
-  execution; glibc serves large blocks with ``mmap`` and returns them with ``munmap``, so every
-  step page-faults its whole working set again (~200k faults per ResNet-18 step at 128×128). With
-  one malloc arena, ``mmap`` disabled for malloc and trimming of the heap off
-  (:func:`keep_freed_memory`),
-  later steps reuse the same pages, as PyTorch's caching allocator does. The process then keeps
-  its peak heap size until it exits.
+* **Freed host memory kept for reuse** (opt-in: ``MU_JAX_KEEP_FREED_MEMORY=1``). XLA allocates a
+  step's temporaries afresh on every execution; glibc serves large blocks with ``mmap`` and returns
+  them with ``munmap``, so every step page-faults its whole working set again (~200k faults per
+  ResNet-18 step at 128×128, batch 64). With one malloc arena, ``mmap`` disabled for malloc and
+  trimming of the heap off (:func:`keep_freed_memory`), later steps reuse the same pages and the
+  process keeps its peak heap until it exits. It pays off for large steps (ResNet-18 at 128×128:
+  38 → 49 images/s) and costs small ones: with one arena every thread, XLA's compiler included,
+  shares one malloc lock, and the synthetic main job's training took 24 instead of 17 s. Hence
+  opt-in, for training on 64×64 images and larger.
 
 ``MU_JAX_CPU_TUNING=0`` in the environment turns both off. Whether the flag could still be
 applied is recorded in :data:`EIGEN_CONVOLUTIONS`, which :mod:`mu_jax.ops.conv` reads to choose
@@ -32,6 +34,7 @@ import os
 import platform
 
 ENV_SWITCH = "MU_JAX_CPU_TUNING"
+MEMORY_SWITCH = "MU_JAX_KEEP_FREED_MEMORY"
 EIGEN_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 
 # glibc's mallopt parameters (malloc.h).
@@ -75,7 +78,10 @@ def route_convolutions_to_eigen() -> bool:
 
 
 def keep_freed_memory() -> bool:
-  """Makes glibc's malloc keep freed memory mapped for reuse (no mmap, no heap trimming).
+  """Makes glibc's malloc keep freed memory mapped for reuse (one arena, no mmap, no trimming).
+
+  Call it before XLA starts (``MU_JAX_KEEP_FREED_MEMORY=1`` does so on ``import mu_jax``): threads
+  that already hold an arena of their own keep it.
 
   Returns:
     True if applied; false on a C library other than glibc.
@@ -94,10 +100,11 @@ def keep_freed_memory() -> bool:
 
 
 def configure() -> None:
-  """Applies both settings unless switched off; called once by ``import mu_jax``."""
+  """Applies the settings asked for; called once by ``import mu_jax``."""
   global EIGEN_CONVOLUTIONS, FREED_MEMORY_KEPT
   if enabled():
     EIGEN_CONVOLUTIONS = route_convolutions_to_eigen()
-    FREED_MEMORY_KEPT = keep_freed_memory()
+    if os.environ.get(MEMORY_SWITCH, "0").strip().lower() in ("1", "true", "yes", "on"):
+      FREED_MEMORY_KEPT = keep_freed_memory()
   else:
     EIGEN_CONVOLUTIONS = EIGEN_CONV_FLAG in os.environ.get("XLA_FLAGS", "").split()

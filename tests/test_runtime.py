@@ -43,6 +43,7 @@ print(json.dumps({"faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt -
 def _run(code: str, **env_changes: str | None) -> dict:
   env = dict(os.environ)
   env.pop(runtime.ENV_SWITCH, None)
+  env.pop(runtime.MEMORY_SWITCH, None)
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
   env["JAX_PLATFORMS"] = "cpu"
   for key, value in env_changes.items():
@@ -55,16 +56,17 @@ def _run(code: str, **env_changes: str | None) -> dict:
   return json.loads(out.strip().splitlines()[-1])
 
 
-def test_import_appends_the_eigen_flag_and_keeps_freed_memory():
+def test_import_appends_the_eigen_flag_and_keeps_memory_only_when_asked():
   got = _run(_REPORT)
   assert got["flags"].split() == ["--xla_force_host_platform_device_count=2",
                                   runtime.EIGEN_CONV_FLAG]
-  assert got["eigen"] is True
-  assert got["kept"] is (sys.platform == "linux")
+  assert got["eigen"] is True and got["kept"] is False
+  got = _run(_REPORT, MU_JAX_KEEP_FREED_MEMORY="1")
+  assert got["eigen"] is True and got["kept"] is (sys.platform == "linux")
 
 
 def test_the_switch_turns_both_settings_off():
-  got = _run(_REPORT, MU_JAX_CPU_TUNING="0")
+  got = _run(_REPORT, MU_JAX_CPU_TUNING="0", MU_JAX_KEEP_FREED_MEMORY="1")
   assert got == {"flags": "--xla_force_host_platform_device_count=2", "eigen": False,
                  "kept": False}
 
@@ -85,8 +87,8 @@ def test_too_late_when_xla_already_started():
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")
 def test_kept_memory_removes_the_page_faults_of_repeated_steps():
-  tuned = _run(_FAULTS)["faults"]
-  plain = _run(_FAULTS, MU_JAX_CPU_TUNING="0")["faults"]
+  tuned = _run(_FAULTS, MU_JAX_KEEP_FREED_MEMORY="1")["faults"]
+  plain = _run(_FAULTS)["faults"]
   # 64 MB of fresh memory is ~16k 4 KiB pages; reused memory faults (almost) nothing.
   assert plain > 10_000, plain
   assert tuned < plain / 10, (tuned, plain)

@@ -11,10 +11,10 @@ Variants (comma-separated after the colon):
 
 Default: 200 persons × 6 images at 32×32 (900 train images of 150 persons; 22 persons, 132 images,
 forgotten; 30 test and 20 unseen persons), ResNet-18 at width 16 with torchvision's stem, SGD
-momentum 0.9, lr 0.05 ÷10 at epochs 20 and 25, 30 epochs, batch 32. Measured: 8 min on 2 nearly idle
-CPU cores for the whole benchmark (both models and all 16 methods); the original reaches 0.38-0.48
-test accuracy (chance 0.125) and a reference-attack accuracy of about 0.7 on its forget set, the
-retrained model about 0.58. It prints the benchmark table (README.md shows one from a real run).
+momentum 0.9, lr 0.05 ÷10 at epochs 20 and 25, 30 epochs, batch 32. Measured: 7-8 min on 2 nearly
+idle CPU cores for the whole benchmark (both models and all 16 methods); the original reaches
+0.38-0.48 test accuracy (chance 0.125) and a reference-attack accuracy of about 0.7 on its forget
+set, the retrained model 0.47-0.58 (two code versions). It prints the benchmark table (README.md shows one from a real run).
 """
 
 from experiments.configs import common

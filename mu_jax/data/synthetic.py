@@ -128,6 +128,50 @@ def generate(num_identities: int = 60, images_per_identity: int = 10, image_size
   return ex, np.asarray(attrs, np.int32), people
 
 
+def check_person_fractions(test_fraction: float, unseen_fraction: float) -> None:
+  """Both held-out fractions of persons must lie in (0, 0.5)."""
+  for name, f in (("test_fraction", test_fraction), ("unseen_fraction", unseen_fraction)):
+    if not 0 < f < 0.5:
+      raise DataError(f"{name} must be in (0, 0.5), got {f}")
+
+
+def person_split_manifest(dataset: str, ex: Examples, num_identities: int, test_fraction: float,
+                          unseen_fraction: float, seed: int, meta: dict) -> SplitManifest:
+  """Identity-disjoint train / test / unseen split of generated persons ``P0000``, ``P0001``, ...
+
+  The persons held out are drawn with ``seed`` (at least one each for test and unseen); retain
+  and forget start empty (a forget set is drawn afterwards). Image hashes feed the duplicate
+  check.
+
+  Args:
+    dataset: the manifest's dataset name.
+    ex: the generated examples (identities are the person names).
+    num_identities: how many persons were generated.
+    test_fraction: fraction of persons in test.
+    unseen_fraction: fraction of persons in unseen.
+    seed: the generator seed.
+    meta: facts about the generation, stored in the manifest.
+
+  Returns:
+    The manifest, train rows in example order.
+  """
+  persons = [f"P{i:04d}" for i in range(num_identities)]
+  order = np.random.default_rng([seed, 10_000]).permutation(num_identities)
+  n_test = max(1, int(round(test_fraction * num_identities)))
+  n_unseen = max(1, int(round(unseen_fraction * num_identities)))
+  test_p = {persons[i] for i in order[:n_test]}
+  unseen_p = {persons[i] for i in order[n_test:n_test + n_unseen]}
+  pairs = list(zip(ex.example_ids.tolist(), ex.identities.tolist()))
+  return SplitManifest(
+      dataset,
+      {"train": [(e, i) for e, i in pairs if i not in test_p and i not in unseen_p],
+       "retain": [], "forget": [],
+       "test": [(e, i) for e, i in pairs if i in test_p],
+       "unseen": [(e, i) for e, i in pairs if i in unseen_p]},
+      image_hashes={e: splits.image_hash(img) for e, img in zip(ex.example_ids.tolist(), ex.images)},
+      meta=meta)
+
+
 def make_dataset(num_identities: int = 60, images_per_identity: int = 10, image_size: int = 32,
                  task: str = "age", test_fraction: float = 0.15, unseen_fraction: float = 0.15,
                  forget_mode: str = "identity", forget_count: int | None = None,
@@ -154,9 +198,7 @@ def make_dataset(num_identities: int = 60, images_per_identity: int = 10, image_
   """
   if task not in TASKS:
     raise DataError(f"synthetic task must be one of {TASKS}, got {task!r}")
-  for name, f in (("test_fraction", test_fraction), ("unseen_fraction", unseen_fraction)):
-    if not 0 < f < 0.5:
-      raise DataError(f"{name} must be in (0, 0.5), got {f}")
+  check_person_fractions(test_fraction, unseen_fraction)
   ex, attrs, _ = generate(num_identities, images_per_identity, image_size, seed)
   if task == "multilabel":
     ex = Examples(ex.images, attrs, ex.identities, ex.example_ids)
@@ -167,22 +209,11 @@ def make_dataset(num_identities: int = 60, images_per_identity: int = 10, image_
     num_classes, label_names, kind = 2, ("no", "yes"), "multiclass"
   else:
     num_classes, label_names, kind = 8, AGE_NAMES, "multiclass"
-  persons = [f"P{i:04d}" for i in range(num_identities)]
-  order = np.random.default_rng([seed, 10_000]).permutation(num_identities)
-  n_test = max(1, int(round(test_fraction * num_identities)))
-  n_unseen = max(1, int(round(unseen_fraction * num_identities)))
-  test_p = {persons[i] for i in order[:n_test]}
-  unseen_p = {persons[i] for i in order[n_test:n_test + n_unseen]}
-  pairs = list(zip(ex.example_ids.tolist(), ex.identities.tolist()))
-  train = [(e, i) for e, i in pairs if i not in test_p and i not in unseen_p]
-  manifest = SplitManifest(
-      "synthetic",
-      {"train": train, "retain": [], "forget": [],
-       "test": [(e, i) for e, i in pairs if i in test_p],
-       "unseen": [(e, i) for e, i in pairs if i in unseen_p]},
-      image_hashes={e: splits.image_hash(img) for e, img in zip(ex.example_ids.tolist(), ex.images)},
-      meta={"generator_seed": seed, "num_identities": num_identities,
-            "images_per_identity": images_per_identity, "image_size": image_size, "task": task})
+  manifest = person_split_manifest(
+      "synthetic", ex, num_identities, test_fraction, unseen_fraction, seed,
+      {"generator_seed": seed, "num_identities": num_identities,
+       "images_per_identity": images_per_identity, "image_size": image_size, "task": task})
+  train = manifest.splits["train"]
   ds = FaceDataset(ex, manifest, num_classes, kind, label_names)
   if forget_mode == "identity":
     return splits.forget_identities(ds, identities=forget_identities, count=forget_count,

@@ -288,15 +288,14 @@ def _conv_mm_fwd(x, kernel, stride, padding, plan):
 
 def _conv_mm_bwd(stride, padding, plan, res, g):
   x, kernel = res
-  dx = dw = None
   if plan[1] == "xla":
     dx = jax.vjp(lambda v: conv2d_xla(v, kernel, stride, padding), x)[1](g)[0]
+  else:
+    dx = _col2im_dx(x, kernel, g, stride, padding)
   if plan[2] == "xla":
     dw = jax.vjp(lambda k: conv2d_xla(x, k, stride, padding), kernel)[1](g)[0]
-  if dw is None:
+  else:
     dw = _im2col_dw(x, kernel, g, stride, padding)
-  if dx is None:
-    dx = _col2im_dx(x, kernel, g, stride, padding)
   return dx, dw
 
 
@@ -333,9 +332,9 @@ def _col2im_dx(x, kernel, g, stride, padding):
   acc = _acc_type(x.dtype)
   wm = kernel.reshape(kh * kw * ci, co)
 
-  # dy @ kernel^T is the gradient of every patch entry (a matmul with the kernel
-  # in its stored layout: no flipped or transposed copy), and col2im adds the entries back onto
-  # the input pixels they were read from.
+  # dy @ kernel^T is the gradient of every patch entry (a matmul with the kernel in its stored
+  # layout: no flipped or transposed copy), and col2im adds the entries back onto the input pixels
+  # they were read from.
   def dx_body(gc):
     dp = lax.dot_general(gc, wm, (((3,), (1,)), ((), ())), preferred_element_type=acc)
     return _col2im(dp, x.shape[1:3], kh, kw, stride, padding).astype(x.dtype)

@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mu_jax.data import loader, splits, synthetic
-from mu_jax.data.splits import DataError, Examples, FaceDataset, SplitManifest
+from mu_jax.data.splits import DataError, Examples, FaceDataset
 
 
 def identity_labels(dataset: FaceDataset) -> FaceDataset:
@@ -185,26 +185,14 @@ def make_synthetic_identities(num_identities: int = 60, images_per_identity: int
   Returns:
     A :class:`FaceDataset` with labels as :func:`identity_labels` gives them.
   """
-  for name, f in (("test_fraction", test_fraction), ("unseen_fraction", unseen_fraction)):
-    if not 0 < f < 0.5:
-      raise DataError(f"{name} must be in (0, 0.5), got {f}")
+  synthetic.check_person_fractions(test_fraction, unseen_fraction)
   ex = synthetic_identity_images(num_identities, images_per_identity, image_size, seed, nuisance,
                                  texture_gain, max_shift)
-  persons = [f"P{i:04d}" for i in range(num_identities)]
-  order = np.random.default_rng([seed, 10_000]).permutation(num_identities)
-  n_test = max(1, int(round(test_fraction * num_identities)))
-  n_unseen = max(1, int(round(unseen_fraction * num_identities)))
-  test_p = {persons[i] for i in order[:n_test]}
-  unseen_p = {persons[i] for i in order[n_test:n_test + n_unseen]}
-  pairs = list(zip(ex.example_ids.tolist(), ex.identities.tolist()))
-  manifest = SplitManifest(
-      "synthetic_identities",
-      {"train": [x for x in pairs if x[1] not in test_p | unseen_p], "retain": [], "forget": [],
-       "test": [x for x in pairs if x[1] in test_p], "unseen": [x for x in pairs if x[1] in unseen_p]},
-      image_hashes={e: splits.image_hash(im) for e, im in zip(ex.example_ids.tolist(), ex.images)},
-      meta={"generator_seed": seed, "num_identities": num_identities,
-            "images_per_identity": images_per_identity, "image_size": image_size,
-            "nuisance": nuisance, "texture_gain": texture_gain, "max_shift": max_shift})
+  manifest = synthetic.person_split_manifest(
+      "synthetic_identities", ex, num_identities, test_fraction, unseen_fraction, seed,
+      {"generator_seed": seed, "num_identities": num_identities,
+       "images_per_identity": images_per_identity, "image_size": image_size,
+       "nuisance": nuisance, "texture_gain": texture_gain, "max_shift": max_shift})
   ds = FaceDataset(ex, manifest, 1, "multiclass")
   given = forget_count is not None or bool(forget_identities)
   ds = splits.forget_identities(ds, identities=list(forget_identities) if forget_identities else None,
