@@ -150,9 +150,17 @@ def run_sisa(config: Any, workdir: str, *, shards: int = 5, slices: int = 4,
   """
   if forget not in FORGET:
     raise ValueError(f"--forget must be one of {FORGET}, got {forget!r}")
-  exp = runner.Experiment.create(config, workdir, overwrite=overwrite)
-  scfg = dict(exp.config.get("sisa") or {})
+  scfg = dict(runner.to_dict(config).get("sisa") or {})
   by = partition or scfg.get("partition", "identity")
+  seed = int(runner.to_dict(config).get("seed", 0))
+
+  def partition_of(train):
+    return sisa.make_partition(train.example_ids, train.identities, shards, slices, by, seed)
+
+  # A partition the data cannot fill (more shards than persons, ...) is refused before the
+  # workdir is written.
+  exp = runner.Experiment.create(config, workdir, overwrite=overwrite,
+                                 check=lambda dataset: partition_of(dataset.split("train")))
   method = aggregation or scfg.get("aggregation", "vote")
   mode = mode or scfg.get("mode", "auto")
   lam = float(exp.config.get("eval", {}).get("nomus_lambda", 0.5))
@@ -160,7 +168,7 @@ def run_sisa(config: Any, workdir: str, *, shards: int = 5, slices: int = 4,
   root = os.path.join(workdir, "sisa")
   splits = {s: exp.split(s) for s in ("train", "test", "unseen")}
   train = splits["train"]
-  part = sisa.make_partition(train.example_ids, train.identities, shards, slices, by, exp.seed)
+  part = partition_of(train)
   # The recipe of the original model, with SISA's own batch size: a shard holds 1/S of the data, and
   # the official code trains its constituents with batch 16 (REFERENCE.md §5).
   recipe = dataclasses.replace(exp.train_config("original"),

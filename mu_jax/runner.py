@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import ml_collections
@@ -40,11 +40,13 @@ class Experiment:
   model: Any
 
   @classmethod
-  def create(cls, config: Any, workdir: str, overwrite: bool = False) -> "Experiment":
+  def create(cls, config: Any, workdir: str, overwrite: bool = False,
+             check: Callable[[FaceDataset], None] | None = None) -> "Experiment":
     """Loads the data and prepares the workdir (see the module docstring).
 
-    Everything that can be checked without training (the config's values, the data, the model)
-    is checked before the workdir is touched, so a refused run writes nothing.
+    Everything that can be checked without training (the config's values, the data, the model,
+    and whatever ``check`` raises about the loaded data) is checked before the workdir is
+    touched, so a refused run writes nothing.
 
     Raises:
       ValueError: a config value is out of range (see :func:`check_config`) or names an unknown
@@ -59,6 +61,8 @@ class Experiment:
     m = cfg["model"]
     model = create_model(m["name"], dataset.num_classes, width=m.get("width"),
                          stem=m.get("stem", "imagenet"), dtype=m.get("dtype", "float32"))
+    if check is not None:
+      check(dataset)
     checkpoints.prepare_workdir(workdir, cfg, overwrite=overwrite)
     path = os.path.join(workdir, "manifest.json")
     if os.path.exists(path):

@@ -18,6 +18,7 @@ from experiments import sisa as sisa_script
 from experiments.configs import synthetic as synthetic_config
 from mu_jax import audit, sisa
 from mu_jax.data import synthetic
+from mu_jax.data.splits import DataError
 from mu_jax.models import create_model
 from mu_jax.sisa import aggregate as agg
 from mu_jax.training import fit
@@ -269,3 +270,10 @@ def test_the_experiment_script_serves_a_request_and_resumes_after_a_crash(tmp_pa
   assert any("already served" in line for line in lines)
   assert again["request"]["request_id"] == res["request"]["request_id"]
   assert len(audit.read_requests(wd)) == 3
+
+
+def test_more_shards_than_persons_is_refused_before_the_workdir_is_written(tmp_path):
+  wd = tmp_path / "wd"
+  with pytest.raises(DataError, match="identities cannot fill 50 shards"):
+    sisa_script.run_sisa(_tiny_config(), str(wd), shards=50, slices=3, mode="sequential")
+  assert not wd.exists() or not os.listdir(wd)
