@@ -47,9 +47,23 @@ EIGEN_CONVOLUTIONS = False
 FREED_MEMORY_KEPT = False
 
 
+def _switch(name: str, default: bool) -> bool:
+  """An on/off environment variable: 1/0, true/false, yes/no or on/off (any case)."""
+  value = os.environ.get(name)
+  if value is None or not value.strip():
+    return default
+  v = value.strip().lower()
+  if v in ("1", "true", "yes", "on"):
+    return True
+  if v in ("0", "false", "no", "off"):
+    return False
+  raise ValueError(f"environment variable {name} must be 1 or 0 (true/false, yes/no, on/off), "
+                   f"got {value!r}")
+
+
 def enabled() -> bool:
-  """False if ``MU_JAX_CPU_TUNING`` is set to 0, false or no."""
-  return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+  """False if ``MU_JAX_CPU_TUNING`` is set to 0 (or false, no, off)."""
+  return _switch(ENV_SWITCH, True)
 
 
 def _backends_initialized() -> bool:
@@ -104,7 +118,7 @@ def configure() -> None:
   global EIGEN_CONVOLUTIONS, FREED_MEMORY_KEPT
   if enabled():
     EIGEN_CONVOLUTIONS = route_convolutions_to_eigen()
-    if os.environ.get(MEMORY_SWITCH, "0").strip().lower() in ("1", "true", "yes", "on"):
+    if _switch(MEMORY_SWITCH, False):
       FREED_MEMORY_KEPT = keep_freed_memory()
   else:
     EIGEN_CONVOLUTIONS = EIGEN_CONV_FLAG in os.environ.get("XLA_FLAGS", "").split()

@@ -80,6 +80,13 @@ def test_a_users_own_setting_of_the_flag_is_left_alone():
   assert got["eigen"] is True
 
 
+def test_a_misspelt_switch_is_refused_naming_the_variable():
+  with pytest.raises(subprocess.CalledProcessError) as err:
+    _run(_REPORT, MU_JAX_KEEP_FREED_MEMORY="maybe")
+  assert "MU_JAX_KEEP_FREED_MEMORY must be 1 or 0" in err.value.stderr
+  assert "'maybe'" in err.value.stderr
+
+
 def test_too_late_when_xla_already_started():
   got = _run("import jax; jax.numpy.ones(2).block_until_ready()\n" + _REPORT)
   assert runtime.EIGEN_CONV_FLAG not in got["flags"] and got["eigen"] is False
