@@ -25,6 +25,7 @@ from mu_jax.evaluation import report
 from mu_jax.data import pipeline
 from mu_jax.data.splits import Examples
 from mu_jax.retrieval import metrics
+from mu_jax.training import evaluate as train_eval
 from mu_jax.training.state import TrainState
 
 # Columns of the results table, in order, with the direction that is better for each.
@@ -65,20 +66,11 @@ def outputs(state: TrainState, examples: Examples, batch_size: int = 256) -> dic
     the per-example output contract plus the embeddings. ``loss`` is the cross-entropy of the plain
     cosine logits for labels inside the head, nan for held-out persons (no class of theirs).
   """
-  n_dev = parallel.num_devices()
-  batch_size = max(n_dev, (batch_size // n_dev) * n_dev)
-  step = _compiled_eval_step()
   state = parallel.replicate(state)
-  embs, logits = [], []
-  for idx, mask in pipeline.eval_batches(len(examples), batch_size):
-    out = parallel.to_host(step(state, parallel.shard(pipeline.host_batch(examples, idx))))
-    keep = mask > 0
-    embs.append(out["embedding"][keep])
-    logits.append(out["logits"][keep])
-  n_cls = state.params["fc"]["Dense_0"]["kernel"].shape[-1]
-  dim = state.params["fc"]["Dense_0"]["kernel"].shape[0]
-  emb = np.concatenate(embs) if embs else np.zeros((0, dim), np.float32)
-  lg = np.concatenate(logits) if logits else np.zeros((0, n_cls), np.float32)
+  dim, n_cls = state.params["fc"]["Dense_0"]["kernel"].shape
+  out = train_eval.run_batched(_compiled_eval_step(), state, examples, batch_size,
+                               {"embedding": (dim,), "logits": (n_cls,)})
+  emb, lg = out["embedding"], out["logits"]
   labels = np.asarray(examples.labels)
   inside = (labels >= 0) & (labels < n_cls)
   loss = np.zeros((len(lg),), np.float32)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 
 from mu_jax import parallel
@@ -19,26 +21,40 @@ def predict(state: TrainState, examples: Examples, *, task: str, batch_size: int
     {"logits": [N, C], "loss": [N], "label", "identity", "example_id"}, the per-example output
     contract of DESIGN.md.
   """
-  n_dev = parallel.num_devices()
-  batch_size = max(n_dev, (batch_size // n_dev) * n_dev)
-  step = steps.compiled_eval_step(task)
   # Only the model enters the eval step: without the optimizer state every method's state has the
   # same structure, so the step compiles once per process instead of once per method.
   state = state.replace(tx=None, opt_state=None, step=0)
-  logits, loss = [], []
+  n_cls = getattr(getattr(state.apply_fn, "__self__", None), "num_classes", 0)
+  out = run_batched(steps.compiled_eval_step(task), state, examples, batch_size,
+                    {"logits": (n_cls,), "loss": ()})
+  return {**out, "label": examples.labels, "identity": examples.identities,
+          "example_id": examples.example_ids}
+
+
+def run_batched(step: Callable, state: Any, examples: Examples, batch_size: int,
+                empty: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+  """Runs a data-parallel eval ``step`` over every example in padded batches, in order.
+
+  Args:
+    step: ``step(state, sharded_batch) -> {name: per-example array}``.
+    state: the state the step takes.
+    examples: the examples, all of them evaluated once.
+    batch_size: rounded down to a multiple of the device count (at least one per device).
+    empty: the outputs to keep, each with its per-example shape (used when there are no examples).
+
+  Returns:
+    {name: [N, *shape] float32 array} with the padding rows dropped.
+  """
+  n_dev = parallel.num_devices()
+  batch_size = max(n_dev, (batch_size // n_dev) * n_dev)
+  parts = {name: [] for name in empty}
   for idx, mask in pipeline.eval_batches(len(examples), batch_size):
     out = parallel.to_host(step(state, parallel.shard(pipeline.host_batch(examples, idx))))
     keep = mask > 0
-    logits.append(out["logits"][keep])
-    loss.append(out["loss"][keep])
-  n_cls = getattr(getattr(state.apply_fn, "__self__", None), "num_classes", 0)
-  return {
-      "logits": np.concatenate(logits) if logits else np.zeros((0, n_cls), np.float32),
-      "loss": np.concatenate(loss) if loss else np.zeros((0,), np.float32),
-      "label": examples.labels,
-      "identity": examples.identities,
-      "example_id": examples.example_ids,
-  }
+    for name in parts:
+      parts[name].append(out[name][keep])
+  return {name: np.concatenate(v) if v else np.zeros((0, *empty[name]), np.float32)
+          for name, v in parts.items()}
 
 
 def summarize(outputs: dict[str, np.ndarray], task: str) -> dict[str, float]:
