@@ -126,8 +126,8 @@ def test_asymmetric_padding_matches_lax():
 
 
 def test_plan_follows_the_shape_rules():
-  """Tiny maps: matmul; the RGB stem: XLA; else (Eigen) XLA forward, col2im input gradient at
-  stride 2 and the matmul weight gradient above 16×16 maps."""
+  """Tiny maps: matmul; the RGB stem: XLA; else (Eigen) XLA forward, col2im input gradient and
+  matmul weight gradient at stride 2, and at stride 1 the matmul weight gradient above 16×16."""
   xla, mm = "xla", "matmul"
   stem = ((2, 16, 16, 3), (7, 7, 3, 8), 2)
   for eigen in (True, False):
@@ -135,9 +135,9 @@ def test_plan_follows_the_shape_rules():
     assert conv.plan_for((2, 1, 1, 16), (3, 3, 16, 8), 2, eigen) == (mm, mm, mm)
     assert conv.plan_for(*stem, eigen) == (xla, xla, xla)
   # A 1×1 kernel on a 2×2 map is an ordinary matmul-sized product, not a tiny-map case.
-  assert conv.plan_for((2, 2, 2, 16), (1, 1, 16, 8), 2, True) == (xla, mm, xla)
+  assert conv.plan_for((2, 2, 2, 16), (1, 1, 16, 8), 2, True) == (xla, mm, mm)
   assert conv.plan_for((2, 16, 16, 16), (3, 3, 16, 8), 1, True) == (xla, xla, xla)
-  assert conv.plan_for((2, 16, 16, 16), (3, 3, 16, 8), 2, True) == (xla, mm, xla)
+  assert conv.plan_for((2, 16, 16, 16), (3, 3, 16, 8), 2, True) == (xla, mm, mm)
   assert conv.plan_for((2, 32, 16, 16), (3, 3, 16, 8), 1, True) == (xla, xla, mm)
   assert conv.plan_for((2, 32, 32, 16), (1, 1, 16, 8), 2, True) == (xla, mm, mm)
   assert conv.plan_for((2, 8, 8, 16), (3, 3, 16, 8), 1, False) == (mm, mm, mm)

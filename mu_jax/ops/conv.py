@@ -24,15 +24,15 @@ input gradient, weight gradient; :func:`plan_for`) through a ``custom_vjp``: XLA
   :data:`_PATCH_CHUNK_BYTES`), so the patch buffer (k·k times the activations) stays in the cache
   instead of being written to, and page-faulted into, fresh memory;
 * forward: ``patches @ kernel``;
-* weight gradient: ``patches^T @ dy``, summed over the chunks;
+* weight gradient: ``patches^T @ dy``, summed over the chunks, with the transposed patches built
+  from a channel-major copy of the activations (the matmul then reads no transposed operand);
 * input gradient: ``dy @ kernel^T`` (the kernel in its stored layout, no flipped copy) followed by
   col2im, written per stride phase as a sum of shifted slices, so stride 2 needs no interior
   padding (XLA's scatter-like lowering of strided-slice transposes divides per element).
 
 :func:`max_pool` takes the maximum over the window's taps viewed as shifted stride phases of the
 input (no padded copy), records the first arg-max, and scatters the gradient back per phase.
-Both lowerings agree with ``lax`` to float32
-rounding (``tests/test_ops_conv.py``). On GPU and TPU plain ``lax.conv_general_dilated`` and
+Both lowerings agree with ``lax`` to float32 rounding (``tests/test_ops_conv.py``). On GPU and TPU plain ``lax.conv_general_dilated`` and
 ``reduce_window`` are used: cuDNN and the TPU emitters are the fast path there.
 
 ``MU_JAX_CONV=xla`` in the environment (read at import) or :func:`set_impl` forces a lowering;
@@ -145,12 +145,17 @@ def plan_for(x_shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
   * Thin inputs (< 16 channels: the RGB stem): XLA everywhere; im2col of 49 three-channel taps
     costs more than the multiply.
   * Otherwise, with XLA's convolutions on Eigen (:data:`mu_jax.runtime.EIGEN_CONVOLUTIONS`, the
-    default): XLA's forward; XLA's input gradient at stride 1 and col2im at stride 2 (XLA's
-    strided transpose took 33 against 11 ms at 32×32×64→128); XLA's weight gradient on maps of
-    at most 16×16 and ``patches^T @ dy`` on larger ones, whose transposed (and, inside a step,
-    recomputed) activations cost more than the patches. Whole steps with XLA's weight gradient on
-    small maps only were 6% faster than with the matmul one everywhere at 64×64 input and within
-    3% at 128×128; with XLA's weight gradient everywhere, 2-10% slower at 128×128 (two runs).
+    default): XLA's forward; at stride 1 XLA's input gradient, and XLA's weight gradient on maps
+    of at most 16×16 and ``patches^T @ dy`` on larger ones, whose transposed (and, inside a step,
+    recomputed) activations cost more than the patches; at stride 2 col2im for the input
+    gradient (XLA's strided transpose took 33 against 11 ms at 32×32×64→128) and
+    ``patches^T @ dy`` for the weight gradient. The stride-2 rule matters for a stage's first
+    block: its 3×3 and 1×1 downsample convolutions read the same input, and XLA's two weight
+    gradients shared one transposed copy that recomputed the previous stage's batch norms,
+    residual adds and ReLUs (52 ms of a 1 s step at 128×128 input). Whole steps with XLA's
+    weight gradient on small maps were 6% faster than with the matmul one everywhere at 64×64
+    input and within 3% at 128×128; with XLA's weight gradient everywhere, 2-10% slower at
+    128×128 (two runs).
   * With XLA's convolutions on YNNPACK (tuning switched off): the matmul lowering for all passes
     (YNNPACK's convolutions were slower in every pass but the forward of a few shapes).
 
@@ -175,7 +180,9 @@ def plan_for(x_shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
     return ALL_XLA
   if not eigen_convolutions:
     return ALL_MATMUL
-  return ("xla", "xla" if stride == 1 else "matmul", "xla" if h * w <= 256 else "matmul")
+  if stride > 1:
+    return ("xla", "matmul", "matmul")
+  return ("xla", "xla", "xla" if h * w <= 256 else "matmul")
 
 
 def conv2d_matmul(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
@@ -212,17 +219,23 @@ def conv2d_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding
 
 
 def _patches(x: jax.Array, kh: int, kw: int, stride: int, padding: Padding) -> jax.Array:
-  """im2col: [N, H, W, C] → [N, H_out, W_out, KH·KW·C], taps in (ky, kx, c) order (HWIO)."""
+  """im2col: [N, H, W, C] → [N, H_out, W_out, KH·KW·C], taps in (ky, kx, c) order (HWIO).
+
+  Taps are stacked per kernel row and then the rows, on an axis other than the minor one: XLA's
+  CPU fusion keeps a concatenation of more than 8 operands, or along the minor axis, out of
+  fusions, which materialises every tap slice separately before copying them together.
+  """
   n, h, w, c = x.shape
   (lo_h, hi_h), (lo_w, hi_w) = padding
   ho, wo = _out_size(h, kh, stride, lo_h, hi_h), _out_size(w, kw, stride, lo_w, hi_w)
   zero = jnp.zeros((), x.dtype)
   xp = lax.pad(x, zero, ((0, 0, 0), (lo_h, hi_h, 0), (lo_w, hi_w, 0), (0, 0, 0)))
-  taps = [lax.slice(xp, (0, dy, dx, 0),
-                    (n, dy + (ho - 1) * stride + 1, dx + (wo - 1) * stride + 1, c),
-                    (1, stride, stride, 1))
-          for dy in range(kh) for dx in range(kw)]
-  return taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+  rows = [jnp.stack([lax.slice(xp, (0, dy, dx, 0),
+                               (n, dy + (ho - 1) * stride + 1, dx + (wo - 1) * stride + 1, c),
+                               (1, stride, stride, 1))
+                     for dx in range(kw)], axis=3)
+          for dy in range(kh)]
+  return jnp.stack(rows, axis=3).reshape(n, ho, wo, kh * kw * c)
 
 
 def _chunk(n: int, bytes_per_example: int) -> int:
@@ -233,16 +246,12 @@ def _chunk(n: int, bytes_per_example: int) -> int:
 
 def _map_chunks(fn, n: int, bytes_per_example: int, *arrays: jax.Array) -> jax.Array:
   """Applies ``fn`` to consecutive chunks of the leading axis and concatenates the results."""
-  return _map_chunks_multi(fn, n, _chunk(n, bytes_per_example), *arrays)
-
-
-def _map_chunks_multi(fn, n: int, b: int, *arrays: jax.Array):
-  """Applies ``fn`` to chunks of ``b`` examples; any pytree of results is concatenated."""
+  b = _chunk(n, bytes_per_example)
   if b == n:
     return fn(*arrays)
   split = [a.reshape(n // b, b, *a.shape[1:]) for a in arrays]
   out = lax.map(lambda parts: fn(*parts), tuple(split))
-  return jax.tree.map(lambda o: o.reshape(n, *o.shape[2:]), out)
+  return out.reshape(n, *out.shape[2:])
 
 
 def _acc_type(dtype) -> jnp.dtype:
@@ -299,29 +308,49 @@ def _conv_mm_bwd(stride, padding, plan, res, g):
   return dx, dw
 
 
+def _patches_t(x: jax.Array, kh: int, kw: int, stride: int, padding: Padding) -> jax.Array:
+  """Transposed im2col: [N, H, W, C] → [KH·KW·C, N·H_out·W_out], rows in (ky, kx, c) order.
+
+  Built from a channel-major copy of ``x`` (one transpose of the activations, not of the k·k
+  times larger patches), so ``patches_t @ dy`` is a plain row-major matmul with no transposed
+  operand for the matmul library to copy. Stacked per kernel row as in :func:`_patches`.
+  """
+  n, h, w, c = x.shape
+  (lo_h, hi_h), (lo_w, hi_w) = padding
+  ho, wo = _out_size(h, kh, stride, lo_h, hi_h), _out_size(w, kw, stride, lo_w, hi_w)
+  xt = lax.pad(jnp.transpose(x, (3, 0, 1, 2)), jnp.zeros((), x.dtype),
+               ((0, 0, 0), (0, 0, 0), (lo_h, hi_h, 0), (lo_w, hi_w, 0)))
+  rows = [jnp.stack([lax.slice(xt, (0, 0, dy, dx),
+                               (c, n, dy + (ho - 1) * stride + 1, dx + (wo - 1) * stride + 1),
+                               (1, 1, stride, stride))
+                     for dx in range(kw)])
+          for dy in range(kh)]
+  return jnp.stack(rows).reshape(kh * kw * c, n * ho * wo)
+
+
 def _im2col_dw(x, kernel, g, stride, padding):
   """Weight gradient as ``patches^T @ dy``, summed over chunks of examples."""
-  kh, kw = kernel.shape[:2]
+  kh, kw, ci, co = kernel.shape
   n = x.shape[0]
   ho, wo = g.shape[1:3]
-  pb = _patch_bytes(x, kh, kw, ho, wo)
   acc = _acc_type(x.dtype)
 
   # The contraction runs over every output position: one long matmul per chunk instead of a
   # convolution over transposed copies of the activations.
   def dw_part(xc, gc):
-    return lax.dot_general(_patches(xc, kh, kw, stride, padding), gc,
-                           (((0, 1, 2), (0, 1, 2)), ((), ())), preferred_element_type=acc)
+    return lax.dot_general(_patches_t(xc, kh, kw, stride, padding), gc.reshape(-1, co),
+                           (((1,), (0,)), ((), ())), preferred_element_type=acc)
 
-  b = _chunk(n, pb)
+  b = _chunk(n, _patch_bytes(x, kh, kw, ho, wo))
   if b == n:
     dw = dw_part(x, g)
   else:
     xs = x.reshape(n // b, b, *x.shape[1:])
     gs = g.reshape(n // b, b, *g.shape[1:])
-    # The first chunk starts the sum, so no zero-filled accumulator is written first.
-    dw, _ = lax.scan(lambda total, parts: (total + dw_part(*parts), None), dw_part(xs[0], gs[0]),
-                     (xs[1:], gs[1:]))
+    # Scanned over all chunks from a zero sum: starting from the first chunk's product would
+    # make XLA copy the remaining chunks (xs[1:]) out of the activations first.
+    dw, _ = lax.scan(lambda total, parts: (total + dw_part(*parts), None),
+                     jnp.zeros((kh * kw * ci, co), acc), (xs, gs))
   return dw.reshape(kernel.shape).astype(kernel.dtype)
 
 
@@ -444,40 +473,41 @@ def _max_pool_argmax(x: jax.Array, window: int, stride: int, padding: int
   """The pooled maximum and the row-major index of the first tap that attains it.
 
   The input is viewed as its stride phases (a free reshape for even sizes), so every tap is a
-  shifted view of one phase and the whole max is one elementwise fusion: no padded copy of the
-  input and no generic reduce-window loop.
+  shifted view of one phase: no padded copy of the input and no generic reduce-window loop. The
+  taps are stacked on an axis of their own and reduced (max and arg-max, which returns the first
+  maximum). Being reductions, XLA's CPU fusion materialises their results instead of recomputing
+  them inside the backward scatter, which reads each arg-max several times: an elementwise
+  ``where`` chain was fused there and re-evaluated for every read (65 of a 1 s step at 128×128
+  input, against 11 ms for both reductions).
   """
   n, h, w, c = x.shape
   ho = _out_size(h, window, stride, padding, padding)
   wo = _out_size(w, window, stride, padding, padding)
   ninf = -jnp.inf
   phases = _phase_split(x, stride, ninf)
-  best = idx = None
-  for t in range(window * window):
-    ay, sy = _tap_phase(t // window, stride, padding)
-    ax, sx = _tap_phase(t % window, stride, padding)
-    v = _shift(_shift(phases[:, :, ay, :, ax, :], 1, sy, ho, ninf), 2, sx, wo, ninf)
-    if best is None:
-      best, idx = v, jnp.zeros(v.shape, jnp.int8)
-    else:
-      # Strictly greater: a later tap equal to the running maximum does not take it over.
-      take = v > best
-      best = jnp.where(take, v, best)
-      idx = jnp.where(take, jnp.int8(t), idx)
-  return best, idx
+
+  def tap(ky, kx):
+    ay, sy = _tap_phase(ky, stride, padding)
+    ax, sx = _tap_phase(kx, stride, padding)
+    return _shift(_shift(phases[:, :, ay, :, ax, :], 1, sy, ho, ninf), 2, sx, wo, ninf)
+
+  # Stacked per window row, then the rows (see _patches): [N, H_out, W_out, window², C].
+  taps = jnp.stack([jnp.stack([tap(ky, kx) for kx in range(window)], axis=3)
+                    for ky in range(window)], axis=3).reshape(n, ho, wo, window * window, c)
+  return jnp.max(taps, axis=3), jnp.argmax(taps, axis=3).astype(jnp.int8)
 
 
 def _max_pool_fwd(x, window, stride, padding):
-  per_example = x[0].size * jnp.dtype(x.dtype).itemsize
-  y, idx = _map_chunks_multi(lambda xc: _max_pool_argmax(xc, window, stride, padding),
-                              x.shape[0], _chunk(x.shape[0], per_example), x)
+  # Whole batch in one fusion: a chunked loop writes its results through dynamic-update-slice
+  # fusions, which XLA's CPU backend runs on one thread (~70 ms of a 1 s step at 128×128 input).
+  y, idx = _max_pool_argmax(x, window, stride, padding)
   return y, (idx, x.shape)
 
 
 def _max_pool_bwd(window, stride, padding, res, g):
   idx, shape = res
-  # One pass over the whole batch: the arg-max was materialised by the chunked forward, so this is
-  # a single elementwise fusion writing dx once (a chunked loop would first zero-fill its output).
+  # One pass over the whole batch, a single elementwise fusion writing dx once (a chunked loop
+  # would first zero-fill its output).
   return (_max_pool_scatter(idx, g, window, stride, padding, shape),)
 
 
