@@ -13,13 +13,14 @@ computes the accuracy in both frameworks. PyTorch runs with as many intra-op thr
 client uses (one per core this process may run on).
 
 ``--layers`` times every ResNet-18 convolution shape instead (forward, input gradient and weight
-gradient separately, each lowering and PyTorch, and the lowering the plan picks), plus the max-pool.
+gradient separately, each lowering and PyTorch, Winograd's forward for 3×3 stride-1 shapes, and the
+lowering the plan picks), plus the max-pool.
 Single layers mislead about the plan: inside a whole step XLA fuses operand producers into a
 convolution's transposes (see ``mu_jax.ops.conv.plan_for``), so the plan was chosen on steps.
 
 Usage:
   python benchmarks/train_step.py --sizes=128,64,32 --reps=7 --out=train_step.json
-  python benchmarks/train_step.py --sizes=128,64 --plans=matmul,xla-dw,matmul-dw,matmul-dx
+  python benchmarks/train_step.py --sizes=128,64 --plans=no-winograd,xla-dw,matmul-dw,matmul-dx
   python benchmarks/train_step.py --layers --sizes=128,64,32 --out=layers.json
 
 In the per-layer table "dx" of the max-pool is its backward including the forward it needs (the
@@ -146,30 +147,32 @@ def make_torch_step(size: int, batch: int, seed: int):
 # mu_jax.
 
 
-# Alternative per-pass plans for ``--plans`` (see mu_jax.ops.conv.plan_for), each a function of
-# (input shape, kernel shape, stride) like plan_for; tiny maps and the stem keep the default.
+# Alternative per-pass plans for ``--plans`` (see mu_jax.ops.conv.plan_for), each the default
+# plan with one change; tiny maps and the stem keep the default.
 _DEFAULT_PLAN = conv_ops.plan_for
 
 
-def _alt_plan(rest):
+def _alt_plan(change):
   def plan(x_shape, kernel_shape, stride, eigen_convolutions=None):
+    default = _DEFAULT_PLAN(x_shape, kernel_shape, stride, eigen_convolutions)
     tiny = x_shape[1] * x_shape[2] <= 4 and kernel_shape[0] * kernel_shape[1] > 1
     if tiny or x_shape[3] < 16:
-      return _DEFAULT_PLAN(x_shape, kernel_shape, stride, eigen_convolutions)
-    return rest(stride, x_shape[1] * x_shape[2])
+      return default
+    return change(default, stride)
   return plan
 
 
 ALT_PLANS = {
     # im2col for every pass of every layer past the stem.
-    "matmul": _alt_plan(lambda stride, hw: conv_ops.ALL_MATMUL),
-    # XLA's convolution also for the weight gradient (transposed activations).
-    "xla-dw": _alt_plan(lambda stride, hw: ("xla", "xla" if stride == 1 else "matmul", "xla")),
+    "matmul": _alt_plan(lambda plan, stride: conv_ops.ALL_MATMUL),
+    # XLA's convolution for the forward where the default runs Winograd's.
+    "no-winograd": _alt_plan(lambda plan, stride: ("xla",) + plan[1:]),
+    # XLA's convolution also for every weight gradient (transposed activations).
+    "xla-dw": _alt_plan(lambda plan, stride: plan[:2] + ("xla",)),
     # patches^T @ dy for the weight gradient on every map.
-    "matmul-dw": _alt_plan(lambda stride, hw: ("xla", "xla" if stride == 1 else "matmul",
-                                               "matmul")),
+    "matmul-dw": _alt_plan(lambda plan, stride: plan[:2] + ("matmul",)),
     # col2im for the input gradient at stride 1 as well.
-    "matmul-dx": _alt_plan(lambda stride, hw: ("xla", "matmul", "matmul")),
+    "matmul-dx": _alt_plan(lambda plan, stride: (plan[0], "matmul", plan[2])),
 }
 
 
@@ -320,9 +323,9 @@ def bench_layers(args) -> dict:
   print(f"\nper layer, batch {args.batch}, median ms of {args.reps} interleaved runs "
         f"(xla = lax.conv_general_dilated, im2col = mu_jax's matmul lowering, torch = PyTorch; "
         f"max-pool: im2col column = mu_jax's slice max-pool)")
-  print("| input | layer | ×n | fwd xla / im2col / torch | dx xla / im2col / torch | "
+  print("| input | layer | ×n | fwd xla / im2col / torch | fwd winograd | dx xla / im2col / torch | "
         "dw xla / im2col / torch | plan fwd/dx/dw |")
-  print("|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|")
   for size in args.sizes:
     for name, h, ci, co, k, s, count in resnet18_convs(size):
       pad = k // 2
@@ -341,6 +344,9 @@ def bench_layers(args) -> dict:
             continue  # the image needs no gradient
           cands[(part, impl)] = functools.partial(
               lambda f: jax.block_until_ready(f(jx, jw, jg)), fn)
+      if k == 3 and s == 1:
+        wino = jax.jit(lambda a, b: conv_ops.conv2d_winograd(a, b))
+        cands[("fwd", "winograd")] = lambda: jax.block_until_ready(wino(jx, jw))
       with torch.no_grad():
         cands[("fwd", "torch")] = lambda: F.conv2d(tx, tw, None, s, pad)
         if name != "stem":
@@ -356,7 +362,9 @@ def bench_layers(args) -> dict:
       for part in ("fwd", "dx", "dw"):
         vals = [med.get((part, impl)) for impl in ("xla", "im2col", "torch")]
         cells.append(" / ".join("-" if v is None else f"{v:.1f}" for v in vals))
-      cells.append("/".join("mm" if p == "matmul" else p for p in plan))
+        if part == "fwd":
+          cells.append(f"{med[('fwd', 'winograd')]:.1f}" if ("fwd", "winograd") in med else "-")
+      cells.append("/".join({"matmul": "mm", "winograd": "wg"}.get(p, p) for p in plan))
       print(f"| {size} | {name} {h}×{h} {ci}→{co} | {count} | " + " | ".join(cells) + " |", flush=True)
     # The stem max-pool: 3×3/2, padding 1, on the stem output.
     hp = -(-size // 2)
@@ -384,7 +392,7 @@ def bench_layers(args) -> dict:
                  "stride": 2, "count": 1, "median_ms": {f"{a}_{b}": v for (a, b), v in med.items()}})
     cells = [" / ".join(f"{med[(part, impl)]:.1f}" for impl in ("xla", "im2col", "torch"))
              for part in ("fwd", "dx")]
-    print(f"| {size} | max-pool 3×3/2 {hp}×{hp}×64 | 1 | {cells[0]} | {cells[1]} | - | slices |",
+    print(f"| {size} | max-pool 3×3/2 {hp}×{hp}×64 | 1 | {cells[0]} | - | {cells[1]} | - | slices |",
           flush=True)
   return {"layers": rows}
 

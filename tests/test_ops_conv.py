@@ -127,7 +127,8 @@ def test_asymmetric_padding_matches_lax():
 
 def test_plan_follows_the_shape_rules():
   """Tiny maps: matmul; the RGB stem: XLA; else (Eigen) XLA forward, col2im input gradient and
-  matmul weight gradient at stride 2, and at stride 1 the matmul weight gradient above 16×16."""
+  matmul weight gradient at stride 2, and at stride 1 the matmul weight gradient above 16×16 and
+  Winograd's forward for 3×3 kernels over 128+ channels."""
   xla, mm = "xla", "matmul"
   stem = ((2, 16, 16, 3), (7, 7, 3, 8), 2)
   for eigen in (True, False):
@@ -141,6 +142,14 @@ def test_plan_follows_the_shape_rules():
   assert conv.plan_for((2, 32, 16, 16), (3, 3, 16, 8), 1, True) == (xla, xla, mm)
   assert conv.plan_for((2, 32, 32, 16), (1, 1, 16, 8), 2, True) == (xla, mm, mm)
   assert conv.plan_for((2, 8, 8, 16), (3, 3, 16, 8), 1, False) == (mm, mm, mm)
+  # Winograd's forward for 3×3 at stride 1 over 128+ channels on maps of at least 4×4.
+  wg = "winograd"
+  assert conv.plan_for((2, 16, 16, 128), (3, 3, 128, 128), 1, True) == (wg, xla, xla)
+  assert conv.plan_for((2, 32, 32, 128), (3, 3, 128, 128), 1, True) == (wg, xla, mm)
+  assert conv.plan_for((2, 4, 4, 512), (3, 3, 512, 512), 1, True) == (wg, xla, xla)
+  assert conv.plan_for((2, 2, 2, 512), (3, 3, 512, 512), 1, True) == (mm, mm, mm)
+  assert conv.plan_for((2, 16, 16, 64), (3, 3, 64, 64), 1, True) == (xla, xla, xla)
+  assert conv.plan_for((2, 16, 16, 128), (3, 3, 128, 256), 2, True) == (xla, mm, mm)
 
 
 @pytest.mark.parametrize("plan", list(itertools.product(("xla", "matmul"), repeat=3)), ids="-".join)
@@ -157,6 +166,58 @@ def test_every_mix_of_lowerings_matches_lax(plan, case):
   for a, b in zip(_value_and_grads(mixed, x, kernel, r, stride, padding),
                   _value_and_grads(_lax_conv, x, kernel, r, stride, padding)):
     _close(a, b)
+
+
+WINOGRAD_CASES = [
+    # (name, h, w, padding)
+    ("8x8", 8, 8, ((1, 1), (1, 1))),
+    ("odd 5x7", 5, 7, ((1, 1), (1, 1))),
+    ("4x4", 4, 4, ((1, 1), (1, 1))),
+    ("2x3", 2, 3, ((1, 1), (1, 1))),
+    ("no padding 7x6", 7, 6, ((0, 0), (0, 0))),
+    ("asymmetric 6x5", 6, 5, ((0, 2), (2, 1))),
+]
+
+
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=[c[0] for c in WINOGRAD_CASES])
+def test_winograd_forward_matches_lax(case, chunking):
+  _, h, w, padding = case
+  x, kernel, _ = _data(7, 3, h, w, 16, 8, 3, 1, 1)
+  _close(jax.jit(conv.conv2d_winograd, static_argnums=2)(x, kernel, padding),
+         _lax_conv(x, kernel, 1, padding))
+
+
+@pytest.mark.parametrize("rest", list(itertools.product(("xla", "matmul"), repeat=2)),
+                         ids="-".join)
+def test_winograd_forward_with_either_backward_matches_lax(rest):
+  x, kernel, r = _data(8, 2, 6, 6, 16, 8, 3, 1, 1)
+  padding = ((1, 1), (1, 1))
+
+  def mixed(x_, w_, s, p):
+    return conv.conv2d_im2col(x_, w_, s, p, ("winograd",) + rest)
+
+  for a, b in zip(_value_and_grads(mixed, x, kernel, r, 1, padding),
+                  _value_and_grads(_lax_conv, x, kernel, r, 1, padding)):
+    _close(a, b)
+
+
+def test_winograd_bfloat16_and_bad_plans():
+  x, kernel, _ = _data(9, 2, 6, 6, 16, 8, 3, 1, 1, jnp.bfloat16)
+  got = conv.conv2d_winograd(x, kernel)
+  assert got.dtype == jnp.bfloat16
+  _close(got, _lax_conv(x.astype(jnp.float32), kernel.astype(jnp.float32), 1, ((1, 1), (1, 1))),
+         tol=1e-2)
+  x, kernel, _ = _data(9, 2, 6, 6, 16, 8, 3, 2, 1)
+  with pytest.raises(ValueError, match="Winograd runs only the forward"):
+    conv.conv2d_im2col(x, kernel, 2, ((1, 1), (1, 1)), ("winograd", "xla", "xla"))
+  with pytest.raises(ValueError, match="Winograd runs only the forward"):
+    conv.conv2d_im2col(x, kernel, 1, ((1, 1), (1, 1)), ("xla", "winograd", "xla"))
+  # On a 1×1 map only the centre tap reads data, so the kernel left is 1×1.
+  x1, k1, _ = _data(9, 2, 1, 1, 16, 8, 3, 1, 1)
+  with pytest.raises(ValueError, match="1×1 taps"):
+    conv.conv2d_im2col(x1, k1, 1, ((1, 1), (1, 1)), ("winograd", "xla", "xla"))
+  with pytest.raises(ValueError, match="3×3 kernel"):
+    conv.conv2d_winograd(x, kernel[:2])
 
 
 def test_conv2d_matmul_runs_the_plan_of_the_shape():
@@ -286,7 +347,7 @@ POOLS = [(3, 2, 1, 8), (3, 2, 1, 7), (3, 2, 1, 2), (3, 2, 1, 1), (2, 2, 0, 6), (
 
 @pytest.mark.parametrize("window,stride,padding,size", POOLS)
 @pytest.mark.parametrize("values", ["random", "ties"])
-def test_max_pool_matches_reduce_window(window, stride, padding, size, values, chunking):
+def test_max_pool_matches_reduce_window(window, stride, padding, size, values):
   rng = np.random.default_rng(size)
   shape = (2, size, size + 1, 3)
   if values == "random":
