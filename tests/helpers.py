@@ -28,8 +28,11 @@ def tiny_state(model=None, cfg=None, size=16, seed=0):
   return fitlib.new_state(model, jax.random.key(seed), (size, size, 3), cfg, 10)
 
 
-def tiny_config():
-  """The runlocal synthetic config shrunk to seconds: 16 persons x 4 images at 8x8, width 4."""
+def tiny_config(overrides: dict | None = None):
+  """The runlocal synthetic config shrunk to seconds: 16 persons x 4 images at 8x8, width 4.
+
+  ``overrides`` maps dotted keys ("data.image_size") to values set on top.
+  """
   c = synthetic_config.get_config("runlocal")
   c.data.num_identities = 16
   c.data.images_per_identity = 4
@@ -40,6 +43,7 @@ def tiny_config():
   c.train.lr_boundaries = ()
   c.unlearn.batch_size = 8
   c.eval.bootstrap = 20
+  c.update_from_flattened_dict(overrides or {})
   return c.to_dict()
 
 

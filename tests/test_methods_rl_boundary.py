@@ -22,16 +22,6 @@ R, S = parallel.REPLICATED, parallel.SHARDED
 NO_LOGS = methods.RunConfig(batch_size=16, log_splits=())
 
 
-@pytest.fixture(scope="module")
-def original():
-  return helpers.tiny_state()
-
-
-@pytest.fixture(scope="module")
-def multilabel_state():
-  return helpers.tiny_state(helpers.tiny_model(3))
-
-
 def _forget_batch(n=16):
   f = helpers.tiny_dataset().split("forget")
   return {"image": np.asarray(pipeline.to_float(f.images[:n])), "label": f.labels[:n]}

@@ -17,16 +17,6 @@ from tests import helpers
 l1_sparse, salun, ssd = (importlib.import_module(f"mu_jax.methods.{m}") for m in ("l1_sparse", "salun", "ssd"))
 
 
-@pytest.fixture(scope="module")
-def original():
-  return helpers.tiny_state()
-
-
-@pytest.fixture(scope="module")
-def multilabel_state():
-  return helpers.tiny_state(helpers.tiny_model(3))
-
-
 def _host(tree):
   return jax.tree.map(np.asarray, tree)
 

@@ -15,13 +15,13 @@ import pytest
 from flax import serialization
 
 from experiments import sisa as sisa_script
-from experiments.configs import synthetic as synthetic_config
 from mu_jax import audit, sisa
 from mu_jax.data import synthetic
 from mu_jax.data.splits import DataError
 from mu_jax.models import create_model
 from mu_jax.sisa import aggregate as agg
 from mu_jax.training import fit
+from tests import helpers
 
 CFG = fit.TrainConfig(epochs=2, batch_size=8, lr=0.01, momentum=0.9, lr_boundaries=())
 
@@ -210,19 +210,11 @@ def test_multilabel_aggregation_votes_per_attribute():
 
 
 def _tiny_config():
-  c = synthetic_config.get_config("runlocal")
-  c.data.num_identities = 10
-  c.data.images_per_identity = 8
-  c.data.image_size = 16
-  c.data.forget.fraction = 0.2
-  c.model.width = 8
-  c.train.epochs = 2
-  c.train.lr = 0.01
-  c.train.momentum = 0.9
-  c.train.weight_decay = 0.0
-  c.train.lr_boundaries = ()
-  c.eval.bootstrap = 20
-  return c.to_dict()
+  # Larger than helpers.tiny_config: 10 persons × 8 images at 16×16, width 8.
+  return helpers.tiny_config({
+      "data.num_identities": 10, "data.images_per_identity": 8, "data.image_size": 16,
+      "data.forget.fraction": 0.2, "model.width": 8, "train.batch_size": 32, "train.lr": 0.01,
+      "train.momentum": 0.9, "train.weight_decay": 0.0, "unlearn.batch_size": 32})
 
 
 def test_the_experiment_script_serves_a_request_and_resumes_after_a_crash(tmp_path, monkeypatch):

@@ -15,7 +15,8 @@ the same machine on some shapes a ResNet-18 sees on small images:
 
 On the CPU, :func:`conv2d` therefore picks a lowering for each pass of each convolution (forward,
 input gradient, weight gradient; :func:`plan_for`) through a ``custom_vjp``: XLA's own convolution
-(run by Eigen, see :mod:`mu_jax.runtime`) or matrix products over im2col patches
+(run by Eigen, see :mod:`mu_jax.runtime`), Winograd's F(2×2, 3×3) for the forward of some 3×3
+convolutions (:func:`conv2d_winograd`), or matrix products over im2col patches
 (:func:`conv2d_im2col`):
 
 * kernel taps that only ever read padding are dropped first (a 3×3 convolution on a 1×1 map is a
@@ -32,8 +33,9 @@ input gradient, weight gradient; :func:`plan_for`) through a ``custom_vjp``: XLA
 
 :func:`max_pool` takes the maximum over the window's taps viewed as shifted stride phases of the
 input (no padded copy), records the first arg-max, and scatters the gradient back per phase.
-Both lowerings agree with ``lax`` to float32 rounding (``tests/test_ops_conv.py``). On GPU and TPU plain ``lax.conv_general_dilated`` and
-``reduce_window`` are used: cuDNN and the TPU emitters are the fast path there.
+Every lowering agrees with ``lax`` to float32 rounding (``tests/test_ops_conv.py``). On GPU and
+TPU plain ``lax.conv_general_dilated`` and ``reduce_window`` are used: cuDNN and the TPU emitters
+are the fast path there.
 
 ``MU_JAX_CONV=xla`` in the environment (read at import) or :func:`set_impl` forces a lowering;
 the choice happens at trace time, so set it before a function is jitted.
@@ -578,7 +580,7 @@ def _max_pool_argmax(x: jax.Array, window: int, stride: int, padding: int
 
 
 def _max_pool_fwd(x, window, stride, padding):
-  # Whole batch in one fusion: a chunked loop writes its results through dynamic-update-slice
+  # Whole batch at once: a chunked loop writes its results through dynamic-update-slice
   # fusions, which XLA's CPU backend runs on one thread (~70 ms of a 1 s step at 128×128 input).
   y, idx = _max_pool_argmax(x, window, stride, padding)
   return y, (idx, x.shape)
