@@ -1,6 +1,7 @@
-"""One process of tests/test_multiprocess.py: a few data-parallel train steps under jax.distributed.
+"""One process of tests/test_multiprocess.py: a few data-parallel train steps under jax.distributed,
+then an orbax checkpoint of the result written and read back by all processes together.
 
-  python -m tests.multiprocess_worker PROCESS_ID NUM_PROCESSES PORT OUT.npz
+  python -m tests.multiprocess_worker PROCESS_ID NUM_PROCESSES PORT OUT.npz CHECKPOINT_DIR
 """
 
 import os
@@ -8,17 +9,25 @@ import sys
 
 
 def main():
-  pid, n, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+  pid, n = int(sys.argv[1]), int(sys.argv[2])
+  port, out, ckpt_dir = sys.argv[3:6]
   os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
   os.environ["JAX_PLATFORMS"] = "cpu"
   from mu_jax import parallel
   parallel.init_distributed(f"localhost:{port}", n, pid)
   import jax
   import numpy as np
+  from mu_jax import checkpoints
   from tests import multiprocess_common as common
   assert jax.process_count() == n and jax.device_count() == 2 * n
   params = common.train_steps()
-  # Every process writes what it holds: both must equal the 1-process run.
+  # Every process saves (orbax coordinates the processes) and restores the checkpoint, then writes
+  # what it restored: both must equal the 1-process run.
+  ckpt = checkpoints.Checkpointer(ckpt_dir)
+  ckpt.save(common.STEPS, params)
+  assert ckpt.all_steps() == [common.STEPS], ckpt.all_steps()
+  params = ckpt.restore(jax.tree.map(np.zeros_like, params))  # values can only come from disk
+  ckpt.close()
   flat = {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
   np.savez(out, **flat)
 

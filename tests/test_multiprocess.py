@@ -1,4 +1,5 @@
-"""Two CPU processes under jax.distributed train to the same parameters as one process."""
+"""Two CPU processes under jax.distributed train to the same parameters as one process, and save
+and restore them through one orbax checkpoint."""
 
 import os
 import socket
@@ -24,7 +25,7 @@ def test_two_processes_hold_the_parameters_of_one(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
   procs = [subprocess.Popen([sys.executable, "-m", "tests.multiprocess_worker", str(i), "2", str(port),
-                             str(tmp_path / f"p{i}.npz")], cwd=ROOT, env=env,
+                             str(tmp_path / f"p{i}.npz"), str(tmp_path / "ckpt")], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
            for i in range(2)]
   logs = [p.communicate(timeout=300)[0].decode()[-3000:] for p in procs]
@@ -38,3 +39,5 @@ def test_two_processes_hold_the_parameters_of_one(tmp_path):
     assert got.keys() == flat.keys()
     for k in flat:
       np.testing.assert_allclose(got[k], flat[k], rtol=2e-5, atol=2e-6, err_msg=f"process {i}: {k}")
+  # One complete step directory, no temporary left behind.
+  assert sorted(os.listdir(tmp_path / "ckpt")) == [str(common.STEPS)]
