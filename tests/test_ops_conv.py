@@ -158,12 +158,16 @@ def test_every_mix_of_lowerings_matches_lax(plan, case):
   """Each pass can take either lowering; any mix gives lax's values and gradients."""
   _, h, w, ci, co, k, stride, pad = case
   x, kernel, r = _data(4, 2, h, w, ci, co, k, stride, pad)
-  padding = ((pad, pad), (pad, pad))
+  _assert_plan_matches_lax(plan, x, kernel, r, stride, ((pad, pad), (pad, pad)))
 
-  def mixed(x_, w_, s, p):
+
+def _assert_plan_matches_lax(plan, x, kernel, r, stride, padding):
+  """conv2d_im2col under ``plan``: the values and both gradients of lax."""
+
+  def planned(x_, w_, s, p):
     return conv.conv2d_im2col(x_, w_, s, p, plan)
 
-  for a, b in zip(_value_and_grads(mixed, x, kernel, r, stride, padding),
+  for a, b in zip(_value_and_grads(planned, x, kernel, r, stride, padding),
                   _value_and_grads(_lax_conv, x, kernel, r, stride, padding)):
     _close(a, b)
 
@@ -191,14 +195,7 @@ def test_winograd_forward_matches_lax(case, chunking):
                          ids="-".join)
 def test_winograd_forward_with_either_backward_matches_lax(rest):
   x, kernel, r = _data(8, 2, 6, 6, 16, 8, 3, 1, 1)
-  padding = ((1, 1), (1, 1))
-
-  def mixed(x_, w_, s, p):
-    return conv.conv2d_im2col(x_, w_, s, p, ("winograd",) + rest)
-
-  for a, b in zip(_value_and_grads(mixed, x, kernel, r, 1, padding),
-                  _value_and_grads(_lax_conv, x, kernel, r, 1, padding)):
-    _close(a, b)
+  _assert_plan_matches_lax(("winograd",) + rest, x, kernel, r, 1, ((1, 1), (1, 1)))
 
 
 def test_winograd_bfloat16_and_bad_plans():

@@ -218,7 +218,7 @@ def conv2d_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding
   w0, w1 = _used_taps(w, kw, stride, lo_w, hi_w)
   kernel = kernel[h0:h1 + 1, w0:w1 + 1]
   kh, kw = kernel.shape[:2]
-  if plan[1:].count("winograd") or (plan[0] == "winograd" and (stride, kh, kw) != (1, 3, 3)):
+  if "winograd" in plan[1:] or (plan[0] == "winograd" and (stride, kh, kw) != (1, 3, 3)):
     raise ValueError(f"plan {plan}: Winograd runs only the forward of a 3×3 stride-1 convolution "
                      f"(here {kh}×{kw} taps reach the input, stride {stride})")
   lo_h, lo_w = lo_h - h0, lo_w - w0
@@ -229,24 +229,34 @@ def conv2d_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding
   return _conv_mm(x, kernel, stride, ((lo_h, hi_h), (lo_w, hi_w)), tuple(plan))
 
 
-def _patches(x: jax.Array, kh: int, kw: int, stride: int, padding: Padding) -> jax.Array:
-  """im2col: [N, H, W, C] → [N, H_out, W_out, KH·KW·C], taps in (ky, kx, c) order (HWIO).
+def _stack_taps(tap, kh: int, kw: int, axis: int) -> jax.Array:
+  """``tap(ky, kx)`` for every kernel tap, stacked as two new axes (KH, KW) at ``axis``.
 
-  Taps are stacked per kernel row and then the rows, on an axis other than the minor one: XLA's
-  CPU fusion keeps a concatenation of more than 8 operands, or along the minor axis, out of
-  fusions, which materialises every tap slice separately before copying them together.
+  Stacked per kernel row and then the rows, never along the minor axis: XLA's CPU fusion keeps a
+  concatenation of more than 8 operands, or along the minor axis, out of fusions, which
+  materialises every tap separately before copying them together.
   """
+  return jnp.stack([jnp.stack([tap(ky, kx) for kx in range(kw)], axis) for ky in range(kh)], axis)
+
+
+def _tap_slice(xp: jax.Array, ky: int, kx: int, stride: int, out_hw: tuple[int, int],
+               hw_axes: tuple[int, int]) -> jax.Array:
+  """What tap (ky, kx) reads of the padded input ``xp`` for every output, along ``hw_axes``."""
+  start, limit, strides = [0] * xp.ndim, list(xp.shape), [1] * xp.ndim
+  for axis, d, o in zip(hw_axes, (ky, kx), out_hw):
+    start[axis], limit[axis], strides[axis] = d, d + (o - 1) * stride + 1, stride
+  return lax.slice(xp, start, limit, strides)
+
+
+def _patches(x: jax.Array, kh: int, kw: int, stride: int, padding: Padding) -> jax.Array:
+  """im2col: [N, H, W, C] → [N, H_out, W_out, KH·KW·C], taps in (ky, kx, c) order (HWIO)."""
   n, h, w, c = x.shape
   (lo_h, hi_h), (lo_w, hi_w) = padding
   ho, wo = _out_size(h, kh, stride, lo_h, hi_h), _out_size(w, kw, stride, lo_w, hi_w)
   zero = jnp.zeros((), x.dtype)
   xp = lax.pad(x, zero, ((0, 0, 0), (lo_h, hi_h, 0), (lo_w, hi_w, 0), (0, 0, 0)))
-  rows = [jnp.stack([lax.slice(xp, (0, dy, dx, 0),
-                               (n, dy + (ho - 1) * stride + 1, dx + (wo - 1) * stride + 1, c),
-                               (1, stride, stride, 1))
-                     for dx in range(kw)], axis=3)
-          for dy in range(kh)]
-  return jnp.stack(rows, axis=3).reshape(n, ho, wo, kh * kw * c)
+  taps = _stack_taps(lambda ky, kx: _tap_slice(xp, ky, kx, stride, (ho, wo), (1, 2)), kh, kw, 3)
+  return taps.reshape(n, ho, wo, kh * kw * c)
 
 
 def _chunk(n: int, bytes_per_example: int) -> int:
@@ -395,19 +405,15 @@ def _patches_t(x: jax.Array, kh: int, kw: int, stride: int, padding: Padding) ->
 
   Built from a channel-major copy of ``x`` (one transpose of the activations, not of the k·k
   times larger patches), so ``patches_t @ dy`` is a plain row-major matmul with no transposed
-  operand for the matmul library to copy. Stacked per kernel row as in :func:`_patches`.
+  operand for the matmul library to copy.
   """
   n, h, w, c = x.shape
   (lo_h, hi_h), (lo_w, hi_w) = padding
   ho, wo = _out_size(h, kh, stride, lo_h, hi_h), _out_size(w, kw, stride, lo_w, hi_w)
   xt = lax.pad(jnp.transpose(x, (3, 0, 1, 2)), jnp.zeros((), x.dtype),
                ((0, 0, 0), (0, 0, 0), (lo_h, hi_h, 0), (lo_w, hi_w, 0)))
-  rows = [jnp.stack([lax.slice(xt, (0, 0, dy, dx),
-                               (c, n, dy + (ho - 1) * stride + 1, dx + (wo - 1) * stride + 1),
-                               (1, 1, stride, stride))
-                     for dx in range(kw)])
-          for dy in range(kh)]
-  return jnp.stack(rows).reshape(kh * kw * c, n * ho * wo)
+  taps = _stack_taps(lambda ky, kx: _tap_slice(xt, ky, kx, stride, (ho, wo), (2, 3)), kh, kw, 0)
+  return taps.reshape(kh * kw * c, n * ho * wo)
 
 
 def _im2col_dw(x, kernel, g, stride, padding):
@@ -573,9 +579,7 @@ def _max_pool_argmax(x: jax.Array, window: int, stride: int, padding: int
     ax, sx = _tap_phase(kx, stride, padding)
     return _shift(_shift(phases[:, :, ay, :, ax, :], 1, sy, ho, ninf), 2, sx, wo, ninf)
 
-  # Stacked per window row, then the rows (see _patches): [N, H_out, W_out, window², C].
-  taps = jnp.stack([jnp.stack([tap(ky, kx) for kx in range(window)], axis=3)
-                    for ky in range(window)], axis=3).reshape(n, ho, wo, window * window, c)
+  taps = _stack_taps(tap, window, window, 3).reshape(n, ho, wo, window * window, c)
   return jnp.max(taps, axis=3), jnp.argmax(taps, axis=3).astype(jnp.int8)
 
 
