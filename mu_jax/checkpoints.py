@@ -3,6 +3,7 @@
 ```
 WORKDIR/config.json  manifest.json
 WORKDIR/<stage>/checkpoints/<step>/   orbax CheckpointManager (atomic: written to a temp dir, renamed)
+WORKDIR/<stage>/checkpoints/deleted/  steps being deleted (renamed here first, then removed)
 WORKDIR/<stage>/metrics.jsonl         one JSON object per epoch
 WORKDIR/<stage>/done.json             written last: the stage finished (wall time, examples)
 WORKDIR/<stage>/outputs/<split>.npz   per-example outputs
@@ -62,18 +63,29 @@ def json_default(x: Any) -> Any:
   raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
+# Not a step number, so orbax never lists it as a step.
+DELETED_SUBDIR = "deleted"
+
+
 class Checkpointer:
   """Saves and restores a train state (any flax struct pytree) at integer steps with orbax.
 
   Saves are synchronous, so when :meth:`save` returns the checkpoint is complete on disk; orbax
   writes to a temporary directory and renames it, so a crash leaves the previous checkpoint.
+  Deleting a step is a rename too, so a crash never leaves part of a step under a step's name.
   """
 
   def __init__(self, directory: str, max_to_keep: int | None = 2):
     self.directory = os.path.abspath(directory)
+    # Steps to delete (pruned past ``max_to_keep``, or replaced by :meth:`save`) are first renamed
+    # into DELETED_SUBDIR, then removed from there. orbax's own deletion removes the files in place:
+    # a kill in the middle left a step directory without its data, which still counted as the
+    # latest step, so resuming failed and so did every later save into the directory.
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           enable_async_checkpointing=False)
+                                           enable_async_checkpointing=False,
+                                           todelete_subdir=DELETED_SUBDIR)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._empty_deleted()
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -94,9 +106,11 @@ class Checkpointer:
     tree = jax.tree.map(np.asarray, serialization.to_state_dict(state))
     if step in self._manager.all_steps():
       self._manager.delete(step)
+      self._empty_deleted()
     try:
       self._manager.save(step, args=ocp.args.StandardSave(tree), force=force)
       self._manager.wait_until_finished()
+      self._empty_deleted()
     except Exception as e:
       if not _is_disk_full(e):
         raise
@@ -112,11 +126,18 @@ class Checkpointer:
              else "no earlier checkpoint exists")
           + "; free some space and run the same command again to resume") from e
 
+  def _empty_deleted(self) -> None:
+    """Removes the steps renamed into DELETED_SUBDIR (the process that renames them does)."""
+    deleted = os.path.join(self.directory, DELETED_SUBDIR)
+    if jax.process_index() == 0 and os.path.isdir(deleted):
+      shutil.rmtree(deleted)
+
   def restore(self, target: Any, step: int | None = None) -> Any:
     """Restores ``step`` (default: the latest) into the structure of ``target``.
 
     Raises:
-      CheckpointError: no checkpoint, or one whose tree does not match ``target`` (another model).
+      CheckpointError: no checkpoint, or one that does not restore into ``target`` (another
+        model, or damaged files).
     """
     step = self.latest_step() if step is None else step
     if step is None:
@@ -125,8 +146,9 @@ class Checkpointer:
     try:
       restored = self._manager.restore(step, args=ocp.args.StandardRestore(template))
     except Exception as e:  # orbax raises several types for a structure mismatch
-      raise CheckpointError(f"checkpoint {self.directory}/{step} does not match the expected model "
-                            f"state (another model or config?): {str(e)[:500]}") from e
+      raise CheckpointError(f"checkpoint {self.directory}/{step} cannot be restored into the "
+                            "expected model state (written for another model or config, or files "
+                            f"removed or damaged since): {str(e)[:500]}") from e
     _check_shapes(template, restored, f"{self.directory}/{step}")
     return serialization.from_state_dict(target, restored)
 
@@ -172,13 +194,19 @@ def _check_shapes(template: Any, restored: Any, where: str) -> None:
 WORKDIR_KEYS = ("seed", "data", "model", "train", "retrain")
 
 
-def prepare_workdir(workdir: str, config: Mapping[str, Any], overwrite: bool = False) -> None:
+def prepare_workdir(workdir: str, config: Mapping[str, Any], overwrite: bool = False,
+                    write: bool = True) -> None:
   """Creates the workdir and its config.json, or checks that an existing one matches.
+
+  Args:
+    workdir: the run's directory.
+    config: the run's config.
+    overwrite: start a workdir made with another config again (everything in it is removed).
+    write: false to check only (the processes of a multi-process run other than the first).
 
   Raises:
     WorkdirError: the workdir was made with a different config and ``overwrite`` is false.
   """
-  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
   config = json.loads(json.dumps(dict(config), default=json_default))
   if os.path.exists(path) and not overwrite:
@@ -190,6 +218,9 @@ def prepare_workdir(workdir: str, config: Mapping[str, Any], overwrite: bool = F
       raise WorkdirError(f"{workdir} was made with another config ({detail}); use another "
                          "--workdir or pass --overwrite to start it again")
     return
+  if not write:
+    return
+  os.makedirs(workdir, exist_ok=True)
   if overwrite and os.path.exists(path):
     for name in os.listdir(workdir):
       p = os.path.join(workdir, name)

@@ -118,6 +118,26 @@ def init_distributed(coordinator_address: str | None = None, num_processes: int 
                              process_id=process_id)
 
 
+def is_primary() -> bool:
+  """Whether this process writes the workdir's files: process 0 (the only one, usually).
+
+  Under ``jax.distributed`` every process runs the same code on one shared workdir; orbax
+  coordinates checkpoint writes itself, the rest (config, manifest, metrics rows, done.json) is
+  written once, by process 0.
+  """
+  return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Waits until every process has reached ``name`` (nothing to wait for in one process).
+
+  Follows a write by :func:`is_primary` that the other processes read next.
+  """
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
 def process_slice(global_batch_size: int) -> slice:
   """The part of a global batch this process feeds (contiguous, equal parts per process)."""
   n = jax.process_count()

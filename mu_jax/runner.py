@@ -63,15 +63,19 @@ class Experiment:
                          stem=m.get("stem", "imagenet"), dtype=m.get("dtype", "float32"))
     if check is not None:
       check(dataset)
-    checkpoints.prepare_workdir(workdir, cfg, overwrite=overwrite)
+    # Under jax.distributed every process checks, process 0 writes (an overwrite removes the old
+    # manifest there, so the others do not check it).
+    primary = parallel.is_primary()
+    checkpoints.prepare_workdir(workdir, cfg, overwrite=overwrite, write=primary)
     path = os.path.join(workdir, "manifest.json")
-    if os.path.exists(path):
+    if os.path.exists(path) and (primary or not overwrite):
       old = SplitManifest.load(path)
       if old.content_hash != dataset.manifest.content_hash:
         raise DataError(f"{path} holds split {old.content_hash} but the data now gives "
                         f"{dataset.manifest.content_hash}: the files changed; use a new --workdir")
-    else:
+    elif primary:
       dataset.manifest.save(path)
+    parallel.barrier("mu_jax.runner:workdir")
     return cls(cfg, workdir, dataset, model)
 
   @property
@@ -112,7 +116,9 @@ class Experiment:
     record = {"stage": stage, **stage_cost(self.stage_dir(stage)),
               "resumed_from_epoch": result.resumed_from_epoch, "train_size": len(data),
               "epochs": self.train_config(stage).epochs}
-    checkpoints.write_json(done, record)
+    if parallel.is_primary():
+      checkpoints.write_json(done, record)
+    parallel.barrier(f"mu_jax.runner:done:{stage}")
     return record
 
   def unlearn_stage(self, name: str, hparams: Mapping[str, Any] | None = None,
@@ -122,8 +128,16 @@ class Experiment:
     Writes ``unlearned/<name>/``: the driver's checkpoints and metrics.jsonl, ``final/`` (the
     unlearned parameters and BN statistics), the per-example outputs and ``done.json``; every
     request is recorded in ``requests.jsonl`` (see :mod:`mu_jax.audit`).
+
+    Raises:
+      RuntimeError: under ``jax.distributed`` with several processes (unlearning, its audit log and
+        its outputs run in one process, over all of that process's devices).
     """
     from mu_jax import audit, methods
+    if jax.process_count() > 1:
+      raise RuntimeError(f"unlearning ({name}) runs in one process (over all its devices), not "
+                         f"under jax.distributed with {jax.process_count()} processes; of the "
+                         "scripts only experiments.train runs on several hosts")
     stage = f"unlearned/{name}"
     sdir = self.stage_dir(stage)
     done = os.path.join(sdir, "done.json")

@@ -1,5 +1,6 @@
 """One process of tests/test_multiprocess.py: a few data-parallel train steps under jax.distributed,
-then an orbax checkpoint of the result written and read back by all processes together.
+then an orbax checkpoint of the result written (replacing a step) and read back by all processes
+together.
 
   python -m tests.multiprocess_worker PROCESS_ID NUM_PROCESSES PORT OUT.npz CHECKPOINT_DIR
 """
@@ -22,10 +23,14 @@ def main():
   assert jax.process_count() == n and jax.device_count() == 2 * n
   params = common.train_steps()
   # Every process saves (orbax coordinates the processes) and restores the checkpoint, then writes
-  # what it restored: both must equal the 1-process run.
-  ckpt = checkpoints.Checkpointer(ckpt_dir)
+  # what it restored: both must equal the 1-process run. Zeros saved first as steps 1, 2 and STEPS
+  # make the real save replace a step, after a save that pruned one (max_to_keep=2).
+  ckpt = checkpoints.Checkpointer(ckpt_dir, max_to_keep=2)
+  zeros = jax.tree.map(np.zeros_like, params)
+  for step in (1, 2, common.STEPS):
+    ckpt.save(step, zeros)
   ckpt.save(common.STEPS, params)
-  assert ckpt.all_steps() == [common.STEPS], ckpt.all_steps()
+  assert ckpt.all_steps() == [2, common.STEPS], ckpt.all_steps()
   params = ckpt.restore(jax.tree.map(np.zeros_like, params))  # values can only come from disk
   ckpt.close()
   flat = {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}

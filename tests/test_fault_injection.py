@@ -31,7 +31,7 @@ import pytest
 from orbax.checkpoint._src.path import atomicity
 
 from mu_jax import audit, checkpoints, runner
-from tests import fault_worker
+from tests import fault_worker, unlink_kill_worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = int(os.environ.get("MU_FAULT_SEED", "20261122"))
@@ -290,3 +290,62 @@ def test_a_torn_metrics_line_from_a_full_disk_is_dropped_on_resume(tmp_path):
   checkpoints.truncate_jsonl(path, lambda r: r["epoch"] <= 1)
   with open(path) as f:
     assert [json.loads(line) for line in f] == [{"epoch": 1, "loss": 0.5}]
+
+
+def _removals(monkeypatch, directory, step, value):
+  """How many files a save removes (counted in this process)."""
+  count = [0]
+  real_unlink = os.unlink
+
+  def unlink(*args, **kwargs):
+    real_unlink(*args, **kwargs)
+    count[0] += 1
+
+  c = checkpoints.Checkpointer(directory, max_to_keep=unlink_kill_worker.MAX_TO_KEEP)
+  monkeypatch.setattr(os, "unlink", unlink)
+  c.save(step, unlink_kill_worker.tree(value))
+  monkeypatch.setattr(os, "unlink", real_unlink)
+  c.close()
+  return count[0]
+
+
+@pytest.mark.parametrize("step,value", [(2, 22.0), (3, 3.0)], ids=["replaced", "pruned"])
+def test_a_kill_while_a_save_removes_files_leaves_only_complete_steps(tmp_path, monkeypatch,
+                                                                      processes, step, value):
+  """Saving step 2 again removes the old step 2; saving step 3 prunes step 1 (max_to_keep=2)."""
+  _, env = processes
+  saved = {1: unlink_kill_worker.tree(1.0), 2: unlink_kill_worker.tree(2.0)}
+
+  def two_steps(directory):
+    c = checkpoints.Checkpointer(directory, max_to_keep=unlink_kill_worker.MAX_TO_KEEP)
+    for s, tree in saved.items():
+      c.save(s, tree)
+    c.close()
+
+  two_steps(str(tmp_path / "count"))
+  total = _removals(monkeypatch, str(tmp_path / "count"), step, value)
+  assert total > 0
+  for n in range(1, total + 1):  # a kill right after each removal
+    directory = str(tmp_path / f"kill{n}")
+    two_steps(directory)
+    rc, tail = _launch([sys.executable, "-m", "tests.unlink_kill_worker", directory, str(step),
+                        str(value), str(n)], env, tmp_path / f"kill{n}.log")
+    assert rc == -9, f"killed after removal {n} of {total}: rc {rc}\n{tail}"
+    # Every step listed restores to what was saved under its number, before or after the kill.
+    c = checkpoints.Checkpointer(directory, max_to_keep=unlink_kill_worker.MAX_TO_KEEP)
+    listed = c.all_steps()
+    assert listed and set(listed) <= {1, 2, 3}, (n, listed)
+    for s in listed:
+      restored = c.restore(unlink_kill_worker.tree(0.0), step=s)
+      candidates = [saved[s]] if s in saved else []
+      if s == step:
+        candidates.append(unlink_kill_worker.tree(value))
+      assert any(all((restored[k] == t[k]).all() for k in t) for t in candidates), (n, s, restored)
+    # The same save, run again, completes and leaves nothing but the kept steps.
+    c.save(step, unlink_kill_worker.tree(value))
+    c.close()
+    assert sorted(os.listdir(directory)) == sorted(map(str, {1, 2, step} - ({1} if step == 3 else set()))), (
+        n, os.listdir(directory))
+    chex.assert_trees_all_equal(
+        checkpoints.Checkpointer(directory).restore(unlink_kill_worker.tree(0.0)),
+        unlink_kill_worker.tree(value))

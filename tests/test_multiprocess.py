@@ -1,6 +1,8 @@
 """Two CPU processes under jax.distributed train to the same parameters as one process, and save
-and restore them through one orbax checkpoint."""
+and restore them through one orbax checkpoint; ``experiments.train --distributed`` on two
+processes, killed and resumed, ends where one process does."""
 
+import json
 import os
 import socket
 import subprocess
@@ -8,8 +10,10 @@ import sys
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
-from tests import multiprocess_common as common
+from mu_jax import checkpoints, runner
+from tests import fault_worker, multiprocess_common as common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,5 +43,68 @@ def test_two_processes_hold_the_parameters_of_one(tmp_path):
     assert got.keys() == flat.keys()
     for k in flat:
       np.testing.assert_allclose(got[k], flat[k], rtol=2e-5, atol=2e-6, err_msg=f"process {i}: {k}")
-  # One complete step directory, no temporary left behind.
-  assert sorted(os.listdir(tmp_path / "ckpt")) == [str(common.STEPS)]
+  # The two kept steps, no temporary or deleted step left behind.
+  assert sorted(os.listdir(tmp_path / "ckpt")) == sorted(["2", str(common.STEPS)])
+
+
+def _launch_processes(args_of, env, n=2):
+  """Starts ``n`` processes (``args_of(i)``) and waits; returns their return codes and logs."""
+  procs = [subprocess.Popen(args_of(i), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT) for i in range(n)]
+  logs = [p.communicate(timeout=300)[0].decode()[-3000:] for p in procs]
+  return [p.returncode for p in procs], logs
+
+
+def _saved(directory):
+  steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+  return steps, ocp.StandardCheckpointer().restore(os.path.join(directory, str(steps[-1]), "default"))
+
+
+def test_experiments_train_on_two_processes_resumes_to_the_one_process_run(tmp_path):
+  """``experiments.train --distributed``: 2 processes × 2 devices on one workdir, killed after
+  epoch 2 of 4 and started again, end with the model of one process on 4 devices; the files
+  process 0 writes (metrics rows, done.json) hold each epoch and the stage once."""
+  cfg = fault_worker.config()
+  ref = runner.Experiment.create(cfg, str(tmp_path / "reference"))
+  ref.train_stage("original", progress=False)
+  wd = str(tmp_path / "wd")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_DISABLE_MOST_OPTIMIZATIONS=str(int(jax.config.read("jax_disable_most_optimizations"))),
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+
+  def run(kill_after):
+    port = _free_port()
+    return _launch_processes(lambda i: [
+        sys.executable, "-m", "tests.distributed_train_worker", str(kill_after),
+        *fault_worker.cli_flags(wd), "--stages=original", "--distributed",
+        f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"], env)
+
+  ckpt, stage = os.path.join(wd, "original", "checkpoints"), os.path.join(wd, "original")
+  codes, logs = run(kill_after=2)
+  assert codes == [-9, -9], logs
+  assert not os.path.exists(os.path.join(stage, "done.json"))
+  rows = lambda d: [json.loads(line) for line in open(os.path.join(d, "metrics.jsonl"))]
+  assert [r["epoch"] for r in rows(stage)] == [1, 2]
+
+  codes, logs = run(kill_after=0)
+  assert codes == [0, 0], logs
+  assert "original: " in logs[0] and "original: " in logs[1]
+  done = checkpoints.read_json(os.path.join(stage, "done.json"))
+  assert done["resumed_from_epoch"] == 2 and done["epochs"] == 4
+  ref_rows, got_rows = rows(ref.stage_dir("original")), rows(stage)
+  assert [r["epoch"] for r in got_rows] == [1, 2, 3, 4]
+  for want, got in zip(ref_rows, got_rows):
+    for k in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "examples"):
+      np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-6, err_msg=f"epoch {got['epoch']} {k}")
+  (steps, got), (ref_steps, want) = _saved(ckpt), _saved(os.path.join(ref.stage_dir("original"), "checkpoints"))
+  assert steps == ref_steps
+  flat = lambda t: {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(t)[0]}
+  got, want = flat(got), flat(want)
+  assert got.keys() == want.keys()
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+  assert sorted(os.listdir(wd)) == ["config.json", "manifest.json", "original"]
+  assert sorted(os.listdir(ckpt)) == [str(s) for s in steps]

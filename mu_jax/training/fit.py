@@ -136,7 +136,8 @@ def fit(model, train: Examples, cfg: TrainConfig, *, task: str, seed: int, stage
     start_epoch = int(state.step) // steps_per_epoch
     logging.info("resuming %s from epoch %d", stage_dir, start_epoch)
   # Rows logged after the restored checkpoint belong to a run that did not finish its epoch.
-  checkpoints.truncate_jsonl(metrics_path, lambda r: r.get("epoch", 0) <= start_epoch)
+  if parallel.is_primary():
+    checkpoints.truncate_jsonl(metrics_path, lambda r: r.get("epoch", 0) <= start_epoch)
   state = parallel.replicate(state)
   step_fn = train_step or steps.compiled_train_step(task, cfg.augment)
   step_rng = jax.random.fold_in(rng, 1)
@@ -171,7 +172,8 @@ def fit(model, train: Examples, cfg: TrainConfig, *, task: str, seed: int, stage
     if not np.isfinite(row["train_loss"]):
       raise FloatingPointError(f"{stage_dir}: training loss is {row['train_loss']} at epoch "
                                f"{epoch + 1}; the last finite checkpoint is kept")
-    checkpoints.append_jsonl(metrics_path, row)
+    if parallel.is_primary():
+      checkpoints.append_jsonl(metrics_path, row)
     ckpt.save((epoch + 1) * steps_per_epoch, parallel.to_host(state))
     logging.info("%s %s", stage_dir, row)
     if on_epoch_end is not None:
