@@ -3,14 +3,16 @@
 Three candidates run interleaved in one process (so background load hits them alike): mu_jax's
 jitted data-parallel train step with the default lowering ("fast": the per-pass convolution
 plan and slice max-pool of :mod:`mu_jax.ops.conv` on CPU), the same step traced with plain
-``lax.conv_general_dilated``/``reduce_window`` ("xla"), and torchvision's ResNet-18 written with
-``torch.nn`` (no torchvision dependency). The process-wide settings of :mod:`mu_jax.runtime`
-(XLA's convolutions on Eigen; freed memory kept by malloc, which this script turns on unless
-``MU_JAX_KEEP_FREED_MEMORY=0``) apply to every candidate, PyTorch included; run with
-``MU_JAX_CPU_TUNING=0`` to time all three without either. Same batch, resolution, initialisation scheme, SGD with
-momentum 0.9 and lr 0.01, softmax cross-entropy; every step converts uint8 images to float and
-computes the accuracy in both frameworks. PyTorch runs with as many intra-op threads as XLA's CPU
-client uses (one per core this process may run on).
+``lax.conv_general_dilated``/``reduce_window`` ("xla", left out with ``--no-xla``), and
+torchvision's ResNet-18 written with ``torch.nn`` (no torchvision dependency). The process-wide
+settings of :mod:`mu_jax.runtime` (XLA's convolutions on Eigen; freed memory kept by malloc, which
+this script turns on unless ``MU_JAX_KEEP_FREED_MEMORY=0``) apply to every candidate, PyTorch
+included; run with ``MU_JAX_CPU_TUNING=0`` to time all three without either. Same batch,
+resolution, initialisation scheme, SGD with momentum 0.9 and lr 0.01, softmax cross-entropy; every
+step converts uint8 images to float and computes the accuracy in both frameworks. PyTorch runs
+with as many intra-op threads as XLA's CPU client uses (one per core this process may run on).
+Besides the ratio of medians, the table gives the median of the per-round ratios of the fast step
+and PyTorch's with a 95% bootstrap interval over rounds, the figure to quote for "faster or not".
 
 ``--layers`` times every ResNet-18 convolution shape instead (forward, input gradient and weight
 gradient separately, each lowering and PyTorch, Winograd's forward for 3×3 stride-1 shapes, and the
@@ -21,6 +23,7 @@ convolution's transposes (see ``mu_jax.ops.conv.plan_for``), so the plan was cho
 Usage:
   python benchmarks/train_step.py --sizes=128,64,32 --reps=7 --out=train_step.json
   python benchmarks/train_step.py --sizes=128,64 --plans=no-winograd,xla-dw,matmul-dw,matmul-dx
+  python benchmarks/train_step.py --sizes=128,64 --reps=15 --no-xla
   python benchmarks/train_step.py --layers --sizes=128,64,32 --out=layers.json
 
 In the per-layer table "dx" of the max-pool is its backward including the forward it needs (the
@@ -246,15 +249,33 @@ def interleave(candidates: dict, reps: int, warmup: int, faults: dict | None = N
   return times
 
 
+def paired_ratio(jax_s: list[float], torch_s: list[float], draws: int = 2000
+                 ) -> tuple[float, float, float]:
+  """JAX/PyTorch speed per round, and a 95% bootstrap interval of its median over rounds.
+
+  The two steps of one round ran back to back under the same background load, so the per-round
+  ratio ``torch_s / jax_s`` varies less than a ratio of two medians taken over the whole run.
+
+  Returns:
+    (median, lower, upper) of the per-round ratios; > 1 means JAX is faster.
+  """
+  r = np.asarray(torch_s) / np.asarray(jax_s)
+  boot = np.median(np.random.default_rng(0).choice(r, size=(draws, len(r))), axis=1)
+  lo, hi = np.percentile(boot, [2.5, 97.5])
+  return float(np.median(r)), float(lo), float(hi)
+
+
 def bench_steps(args) -> dict:
   import torch
   rows = []
-  jax_names = ["jax_fast", "jax_xla"] + [f"plan:{name}" for name in args.plans]
-  labels = ["JAX fast", "JAX plain XLA"] + [f"plan {name}" for name in args.plans]
+  xla = [] if args.no_xla else ["jax_xla"]
+  jax_names = ["jax_fast", *xla] + [f"plan:{name}" for name in args.plans]
+  labels = ["JAX fast", *(["JAX plain XLA"] if xla else [])] + [f"plan {name}" for name in args.plans]
   candidates = {}
   for size in args.sizes:
     candidates[(size, "jax_fast")] = make_jax_step(size, args.batch, args.seed, "auto")
-    candidates[(size, "jax_xla")] = make_jax_step(size, args.batch, args.seed, "xla")
+    if xla:
+      candidates[(size, "jax_xla")] = make_jax_step(size, args.batch, args.seed, "xla")
     for name in args.plans:
       candidates[(size, f"plan:{name}")] = make_jax_step(size, args.batch, args.seed, "auto",
                                                          ALT_PLANS[name])
@@ -263,10 +284,11 @@ def bench_steps(args) -> dict:
   times = interleave(candidates, args.reps, args.warmup, faults)
   print(f"\nbatch {args.batch}, median of {args.reps} interleaved steps, images/s "
         f"(XLA CPU threads = torch threads = {torch.get_num_threads()}); "
-        f"page faults per step in brackets; ratios are JAX/PyTorch")
+        f"page faults per step in brackets; ratios are JAX/PyTorch; the last column is the "
+        f"median of the per-round ratios of JAX fast and PyTorch with a 95% bootstrap interval")
   print("| input | " + " | ".join(labels) + " | PyTorch | " + " | ".join(f"{l}/PyTorch" for l in labels)
-        + " |")
-  print("|---" * (2 * len(labels) + 2) + "|")
+        + " | fast/PyTorch per round |")
+  print("|---" * (2 * len(labels) + 3) + "|")
   for size in args.sizes:
     names = jax_names + ["torch"]
     med = {impl: statistics.median(times[(size, impl)]) for impl in names}
@@ -275,12 +297,15 @@ def bench_steps(args) -> dict:
     row = {"size": size, "median_s": med, "images_per_s": ips,
            "all_s": {impl: times[(size, impl)] for impl in names}, "page_faults": nf,
            "over_torch": {impl: ips[impl] / ips["torch"] for impl in jax_names},
-           "fast_over_torch": ips["jax_fast"] / ips["torch"],
-           "xla_over_torch": ips["jax_xla"] / ips["torch"]}
+           "fast_over_torch": ips["jax_fast"] / ips["torch"]}
+    if xla:
+      row["xla_over_torch"] = ips["jax_xla"] / ips["torch"]
+    mid, lo, hi = paired_ratio(times[(size, "jax_fast")], times[(size, "torch")])
+    row["fast_over_torch_per_round"] = {"median": mid, "ci95": [lo, hi]}
     rows.append(row)
     cells = " | ".join(f"{ips[i]:.1f} [{nf[i] // 1000}k]" for i in names)
     ratios = " | ".join(f"{row['over_torch'][i]:.2f}" for i in jax_names)
-    print(f"| {size}×{size} | {cells} | {ratios} |")
+    print(f"| {size}×{size} | {cells} | {ratios} | {mid:.2f} [{lo:.2f}, {hi:.2f}] |")
   return {"steps": rows}
 
 
@@ -407,6 +432,8 @@ def main():
   parser.add_argument("--layers", action="store_true", help="time single layers instead")
   parser.add_argument("--plans", default="", help="comma-separated alternative per-pass plans "
                       f"to time beside the default: {', '.join(ALT_PLANS)}")
+  parser.add_argument("--no-xla", action="store_true", help="leave out the plain-XLA candidate "
+                      "(its steps take 3 s at 64×64: more rounds of the others fit in the time)")
   parser.add_argument("--out", default=None, help="write the results as JSON here")
   args = parser.parse_args()
   args.sizes = [int(s) for s in args.sizes.split(",")]
