@@ -24,6 +24,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization
 
+from mu_jax import parallel
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint that cannot be restored into the expected state (another model, corrupt)."""
@@ -129,7 +131,7 @@ class Checkpointer:
   def _empty_deleted(self) -> None:
     """Removes the steps renamed into DELETED_SUBDIR (the process that renames them does)."""
     deleted = os.path.join(self.directory, DELETED_SUBDIR)
-    if jax.process_index() == 0 and os.path.isdir(deleted):
+    if parallel.is_primary() and os.path.isdir(deleted):
       shutil.rmtree(deleted)
 
   def restore(self, target: Any, step: int | None = None) -> Any:
