@@ -11,8 +11,9 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
-from mu_jax import checkpoints, runner
+from mu_jax import audit, checkpoints, runner
 from tests import fault_worker, multiprocess_common as common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,3 +109,12 @@ def test_experiments_train_on_two_processes_resumes_to_the_one_process_run(tmp_p
     np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
   assert sorted(os.listdir(wd)) == ["config.json", "manifest.json", "original"]
   assert sorted(os.listdir(ckpt)) == [str(s) for s in steps]
+
+
+def test_unlearning_refuses_to_start_under_several_processes(tmp_path, monkeypatch):
+  exp = runner.Experiment.create(fault_worker.config(), str(tmp_path / "wd"))
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  with pytest.raises(RuntimeError, match="runs in one process"):
+    exp.unlearn_stage("finetune")
+  assert not os.path.exists(audit.log_path(exp.workdir))
+  assert not os.path.exists(exp.stage_dir("unlearned/finetune"))
