@@ -29,7 +29,6 @@ on the CPU too. PyTorch is the ``bench`` extra.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -42,11 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import train_step as cpu_bench  # noqa: E402  (torch_resnet18, shared with the CPU benchmark)
-
-from mu_jax import parallel  # noqa: E402
-from mu_jax.models import create_model  # noqa: E402
-from mu_jax.training import fit, steps  # noqa: E402
+import train_step as cpu_bench  # noqa: E402  (the two networks, shared with the CPU benchmark)
 
 NUM_CLASSES = cpu_bench.NUM_CLASSES
 
@@ -96,19 +91,7 @@ def _is_oom(e: BaseException) -> bool:
 
 def jax_step(size: int, batch: int, dtype: str, seed: int = 0):
   """(run(n), cost analysis) for mu_jax's compiled train step on one fixed batch."""
-  model = create_model("resnet18", NUM_CLASSES, dtype=dtype)
-  cfg = fit.TrainConfig(epochs=1, batch_size=batch, lr=0.01, momentum=0.9, lr_boundaries=(),
-                        augment=False)
-  state = parallel.replicate(fit.new_state(model, jax.random.key(seed), (size, size, 3), cfg, 1))
-  rng = np.random.default_rng(seed)
-  data = parallel.shard({
-      "image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
-      "label": rng.integers(0, NUM_CLASSES, batch).astype(np.int32)})
-  fn = parallel.data_parallel(
-      functools.partial(steps.train_step, task="multiclass", augment=False),
-      in_specs=(parallel.REPLICATED, parallel.SHARDED, parallel.REPLICATED),
-      out_specs=(parallel.REPLICATED, parallel.REPLICATED), donate_argnums=(0,))
-  key = jax.random.key(seed + 1)
+  fn, state, data, key = cpu_bench.jax_step_parts(size, batch, seed, dtype)
   compiled = fn.lower(state, data, key).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost

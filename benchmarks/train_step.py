@@ -179,12 +179,13 @@ ALT_PLANS = {
 }
 
 
-def make_jax_step(size: int, batch: int, seed: int, impl: str, plan=None):
-  """A closure running one mu_jax training step, traced with conv lowering ``impl``.
+def jax_step_parts(size: int, batch: int, seed: int, dtype: str = "float32"):
+  """(step, state, batch, key): mu_jax's data-parallel train step, not yet traced, and its inputs.
 
-  ``plan`` (a function like ``conv_ops.plan_for``) replaces the per-pass plan while tracing.
+  A fresh jit per call (steps.compiled_train_step is cached per task): the convolution lowering
+  is picked while tracing, so each candidate can be traced under its own setting.
   """
-  model = create_model("resnet18", NUM_CLASSES)
+  model = create_model("resnet18", NUM_CLASSES, dtype=dtype)
   cfg = fit.TrainConfig(epochs=1, batch_size=batch, lr=0.01, momentum=0.9, lr_boundaries=(),
                         augment=False)
   state = parallel.replicate(fit.new_state(model, jax.random.key(seed), (size, size, 3), cfg, 1))
@@ -192,13 +193,19 @@ def make_jax_step(size: int, batch: int, seed: int, impl: str, plan=None):
   data = parallel.shard({
       "image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
       "label": rng.integers(0, NUM_CLASSES, batch).astype(np.int32)})
-  # A fresh jit per candidate (steps.compiled_train_step is cached per task): the lowering is
-  # picked while tracing, so each candidate is traced right after setting it.
   fn = parallel.data_parallel(
       functools.partial(steps.train_step, task="multiclass", augment=False),
       in_specs=(parallel.REPLICATED, parallel.SHARDED, parallel.REPLICATED),
       out_specs=(parallel.REPLICATED, parallel.REPLICATED), donate_argnums=(0,))
-  key = jax.random.key(seed + 1)
+  return fn, state, data, jax.random.key(seed + 1)
+
+
+def make_jax_step(size: int, batch: int, seed: int, impl: str, plan=None):
+  """A closure running one mu_jax training step, traced with conv lowering ``impl``.
+
+  ``plan`` (a function like ``conv_ops.plan_for``) replaces the per-pass plan while tracing.
+  """
+  fn, state, data, key = jax_step_parts(size, batch, seed)
   holder = {"state": state}
   previous, previous_plan = conv_ops.get_impl(), conv_ops.plan_for
   conv_ops.set_impl(impl)
