@@ -266,6 +266,8 @@ def truncate_jsonl(path: str, keep: Any) -> None:
     for r in rows:
       if keep(r):
         f.write(json.dumps(r, sort_keys=True) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
   os.replace(tmp, path)
 
 
@@ -277,7 +279,10 @@ def save_outputs(directory: str, split: str, outputs: Mapping[str, np.ndarray]) 
   arrays = {k: np.asarray(v) for k, v in outputs.items()}
   # Object arrays would need pickle to load; ids and identities are stored as fixed-width strings.
   arrays = {k: v.astype(str) if v.dtype == object else v for k, v in arrays.items()}
-  np.savez(tmp, **arrays)
+  with open(tmp, "wb") as f:
+    np.savez(f, **arrays)
+    f.flush()
+    os.fsync(f.fileno())
   os.replace(tmp, path)
   return path
 

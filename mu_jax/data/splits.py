@@ -160,6 +160,8 @@ class SplitManifest:
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
       json.dump(data, f)
+      f.flush()
+      os.fsync(f.fileno())  # on disk before the rename, as checkpoints.write_json does
     os.replace(tmp, path)
 
   @classmethod
