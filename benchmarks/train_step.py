@@ -256,17 +256,17 @@ def interleave(candidates: dict, reps: int, warmup: int, faults: dict | None = N
   return times
 
 
-def paired_ratio(jax_s: list[float], torch_s: list[float], draws: int = 2000
+def paired_ratio(new_s: list[float], old_s: list[float], draws: int = 2000
                  ) -> tuple[float, float, float]:
-  """JAX/PyTorch speed per round, and a 95% bootstrap interval of its median over rounds.
+  """Speed of one candidate over another per round, and a 95% bootstrap interval of its median.
 
-  The two steps of one round ran back to back under the same background load, so the per-round
-  ratio ``torch_s / jax_s`` varies less than a ratio of two medians taken over the whole run.
+  The steps of one round ran back to back under the same background load, so the per-round ratio
+  ``old_s / new_s`` varies less than a ratio of two medians taken over the whole run.
 
   Returns:
-    (median, lower, upper) of the per-round ratios; > 1 means JAX is faster.
+    (median, lower, upper) of the per-round ratios; > 1 means ``new`` is faster.
   """
-  r = np.asarray(torch_s) / np.asarray(jax_s)
+  r = np.asarray(old_s) / np.asarray(new_s)
   boot = np.median(np.random.default_rng(0).choice(r, size=(draws, len(r))), axis=1)
   lo, hi = np.percentile(boot, [2.5, 97.5])
   return float(np.median(r)), float(lo), float(hi)
@@ -310,9 +310,18 @@ def bench_steps(args) -> dict:
     mid, lo, hi = paired_ratio(times[(size, "jax_fast")], times[(size, "torch")])
     row["fast_over_torch_per_round"] = {"median": mid, "ci95": [lo, hi]}
     rows.append(row)
+    # Each alternative plan against the default, per round: the A/B figure for a plan change.
+    row["plan_over_fast_per_round"] = {}
+    for name in args.plans:
+      p_mid, p_lo, p_hi = paired_ratio(times[(size, f"plan:{name}")], times[(size, "jax_fast")])
+      row["plan_over_fast_per_round"][name] = {"median": p_mid, "ci95": [p_lo, p_hi]}
     cells = " | ".join(f"{ips[i]:.1f} [{nf[i] // 1000}k]" for i in names)
     ratios = " | ".join(f"{row['over_torch'][i]:.2f}" for i in jax_names)
     print(f"| {size}×{size} | {cells} | {ratios} | {mid:.2f} [{lo:.2f}, {hi:.2f}] |")
+  for row in rows:
+    for name, r in row["plan_over_fast_per_round"].items():
+      print(f"{row['size']}×{row['size']}: plan {name} / fast per round {r['median']:.3f} "
+            f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]")
   return {"steps": rows}
 
 
