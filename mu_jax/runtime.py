@@ -8,9 +8,10 @@ function a script calls later:
   hands convolutions to YNNPACK; for the weight gradient of a convolution (a convolution whose
   "kernel" is the whole feature map) YNNPACK ran 1.6-2.7× slower than XLA's Eigen convolution
   (16×16×64 at batch 64: 21.9 against 8.0 ms), and Eigen's forward and input gradient were as fast
-  or faster. mu_jax appends :data:`EIGEN_CONV_FLAG` to ``XLA_FLAGS``; matrix products (the im2col
-  lowering of :mod:`mu_jax.ops.conv`, dense layers) still go to YNNPACK, which multiplies at
-  ~300 GFLOP/s on 2 cores.
+  or faster. mu_jax appends :data:`EIGEN_CONV_FLAG` to ``XLA_FLAGS`` where the installed jaxlib
+  defines that experimental flag (XLA aborts on one it does not know); matrix products (the
+  im2col lowering of :mod:`mu_jax.ops.conv`, dense layers) still go to YNNPACK, which multiplies
+  at ~300 GFLOP/s on 2 cores.
 * **Freed host memory kept for reuse** (opt-in: ``MU_JAX_KEEP_FREED_MEMORY=1``). XLA allocates a
   step's temporaries afresh on every execution; glibc serves large blocks with ``mmap`` and returns
   them with ``munmap``, so every step page-faults its whole working set again (~200k faults per
@@ -30,12 +31,15 @@ Measurements: ``benchmarks/train_step.py`` and BUILD_NOTES.md.
 from __future__ import annotations
 
 import ctypes
+import glob
+import mmap
 import os
 import platform
 
 ENV_SWITCH = "MU_JAX_CPU_TUNING"
 MEMORY_SWITCH = "MU_JAX_KEEP_FREED_MEMORY"
 EIGEN_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+_EIGEN_FLAG_NAME = EIGEN_CONV_FLAG[2:].split("=")[0]
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -74,18 +78,42 @@ def _backends_initialized() -> bool:
     return False
 
 
+def xla_knows_flag(name: str) -> bool:
+  """Whether the installed jaxlib defines the XLA flag ``name``, found without starting XLA.
+
+  XLA aborts the process when ``XLA_FLAGS`` holds a flag it does not define, and experimental
+  flags come and go between jaxlib versions; a flag's name is in the libraries that define it.
+  """
+  try:
+    import jaxlib  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return False
+  needle = name.encode()
+  folder = os.path.dirname(jaxlib.__file__)
+  for pattern in ("*.so", "*.dylib", "*.pyd", "*.dll"):
+    for path in glob.glob(os.path.join(folder, pattern)):
+      try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+          if m.find(needle) >= 0:
+            return True
+      except (OSError, ValueError):  # unreadable, or empty (cannot be mapped)
+        continue
+  return False
+
+
 def route_convolutions_to_eigen() -> bool:
   """Appends :data:`EIGEN_CONV_FLAG` to ``XLA_FLAGS`` if XLA has not started yet.
 
   Returns:
     Whether XLA's convolutions will run through Eigen: true if the flag was appended now or was
-    already given; false if XLA was already initialised without it or the user chose another
-    setting of the same flag (which is left alone).
+    already given; false if XLA was already initialised without it, the user chose another
+    setting of the same flag (which is left alone), or the installed jaxlib does not define the
+    flag (then :mod:`mu_jax.ops.conv` plans for YNNPACK's convolutions).
   """
   flags = os.environ.get("XLA_FLAGS", "")
   if EIGEN_CONV_FLAG in flags.split():
     return True
-  if "xla_cpu_experimental_ynn_fusion_type" in flags or _backends_initialized():
+  if _EIGEN_FLAG_NAME in flags or _backends_initialized() or not xla_knows_flag(_EIGEN_FLAG_NAME):
     return False
   os.environ["XLA_FLAGS"] = f"{flags} {EIGEN_CONV_FLAG}".strip()
   return True

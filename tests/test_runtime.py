@@ -87,6 +87,22 @@ def test_a_misspelt_switch_is_refused_naming_the_variable():
   assert "'maybe'" in err.value.stderr
 
 
+def test_the_flag_is_appended_only_where_this_jaxlib_defines_it(monkeypatch):
+  name = runtime.EIGEN_CONV_FLAG[2:].split("=")[0]
+  assert runtime.xla_knows_flag(name)
+  assert not runtime.xla_knows_flag("xla_cpu_no_such_flag_in_any_jaxlib")
+  # XLA would abort on a flag it does not define: such a flag is not appended.
+  monkeypatch.setattr(runtime, "_backends_initialized", lambda: False)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  monkeypatch.setattr(runtime, "xla_knows_flag", lambda flag: False)
+  assert runtime.route_convolutions_to_eigen() is False
+  assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
+  monkeypatch.setattr(runtime, "xla_knows_flag", lambda flag: flag == name)
+  assert runtime.route_convolutions_to_eigen() is True
+  assert os.environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2",
+                                             runtime.EIGEN_CONV_FLAG]
+
+
 def test_too_late_when_xla_already_started():
   got = _run("import jax; jax.numpy.ones(2).block_until_ready()\n" + _REPORT)
   assert runtime.EIGEN_CONV_FLAG not in got["flags"] and got["eigen"] is False
