@@ -25,35 +25,42 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_hold_the_parameters_of_one(tmp_path):
-  port = _free_port()
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  procs = [subprocess.Popen([sys.executable, "-m", "tests.multiprocess_worker", str(i), "2", str(port),
-                             str(tmp_path / f"p{i}.npz"), str(tmp_path / "ckpt")], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-           for i in range(2)]
-  logs = [p.communicate(timeout=300)[0].decode()[-3000:] for p in procs]
-  for p, log in zip(procs, logs):
-    assert p.returncode == 0, log
-  # The reference: this process, 4 devices, the same global batches.
-  ref = common.train_steps()
-  flat = {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(ref)[0]}
-  for i in range(2):
-    got = dict(np.load(tmp_path / f"p{i}.npz"))
-    assert got.keys() == flat.keys()
-    for k in flat:
-      np.testing.assert_allclose(got[k], flat[k], rtol=2e-5, atol=2e-6, err_msg=f"process {i}: {k}")
-  # The two kept steps, no temporary or deleted step left behind.
-  assert sorted(os.listdir(tmp_path / "ckpt")) == sorted(["2", str(common.STEPS)])
-
-
 def _launch_processes(args_of, env, n=2):
   """Starts ``n`` processes (``args_of(i)``) and waits; returns their return codes and logs."""
   procs = [subprocess.Popen(args_of(i), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT) for i in range(n)]
   logs = [p.communicate(timeout=300)[0].decode()[-3000:] for p in procs]
   return [p.returncode for p in procs], logs
+
+
+def _flat(tree):
+  """{key path: numpy array} of a pytree."""
+  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _env(**extra):
+  """This environment without the test process's XLA_FLAGS, with the repository importable."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  env.update(extra)
+  return env
+
+
+def test_two_processes_hold_the_parameters_of_one(tmp_path):
+  port = _free_port()
+  codes, logs = _launch_processes(lambda i: [
+      sys.executable, "-m", "tests.multiprocess_worker", str(i), "2", str(port),
+      str(tmp_path / f"p{i}.npz"), str(tmp_path / "ckpt")], _env())
+  assert codes == [0, 0], logs
+  # The reference: this process, 4 devices, the same global batches.
+  want = _flat(common.train_steps())
+  for i in range(2):
+    got = dict(np.load(tmp_path / f"p{i}.npz"))
+    assert got.keys() == want.keys()
+    for k in want:
+      np.testing.assert_allclose(got[k], want[k], rtol=2e-5, atol=2e-6, err_msg=f"process {i}: {k}")
+  # The two kept steps, no temporary or deleted step left behind.
+  assert sorted(os.listdir(tmp_path / "ckpt")) == sorted(["2", str(common.STEPS)])
 
 
 def _saved(directory):
@@ -69,9 +76,7 @@ def test_experiments_train_on_two_processes_resumes_to_the_one_process_run(tmp_p
   ref = runner.Experiment.create(cfg, str(tmp_path / "reference"))
   ref.train_stage("original", progress=False)
   wd = str(tmp_path / "wd")
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env.update(PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2",
+  env = _env(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
              JAX_DISABLE_MOST_OPTIMIZATIONS=str(int(jax.config.read("jax_disable_most_optimizations"))),
              JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
@@ -87,7 +92,10 @@ def test_experiments_train_on_two_processes_resumes_to_the_one_process_run(tmp_p
   codes, logs = run(kill_after=2)
   assert codes == [-9, -9], logs
   assert not os.path.exists(os.path.join(stage, "done.json"))
-  rows = lambda d: [json.loads(line) for line in open(os.path.join(d, "metrics.jsonl"))]
+  def rows(stage_dir):
+    with open(os.path.join(stage_dir, "metrics.jsonl")) as f:
+      return [json.loads(line) for line in f]
+
   assert [r["epoch"] for r in rows(stage)] == [1, 2]
 
   codes, logs = run(kill_after=0)
@@ -102,8 +110,7 @@ def test_experiments_train_on_two_processes_resumes_to_the_one_process_run(tmp_p
       np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-6, err_msg=f"epoch {got['epoch']} {k}")
   (steps, got), (ref_steps, want) = _saved(ckpt), _saved(os.path.join(ref.stage_dir("original"), "checkpoints"))
   assert steps == ref_steps
-  flat = lambda t: {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(t)[0]}
-  got, want = flat(got), flat(want)
+  got, want = _flat(got), _flat(want)
   assert got.keys() == want.keys()
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
