@@ -13,11 +13,12 @@ WORKDIR/<stage>/outputs/<split>.npz   per-example outputs
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import shutil
-from typing import Any, Mapping
+from typing import IO, Any, Iterator, Mapping
 
 import jax
 import numpy as np
@@ -39,15 +40,48 @@ def stage_dir(workdir: str, stage: str) -> str:
   return os.path.join(workdir, stage)
 
 
-def write_json(path: str, obj: Any) -> None:
-  """Writes JSON atomically: a temp file renamed into place."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w", **open_kwargs: Any) -> Iterator[IO[Any]]:
+  """A new file whose content replaces ``path`` in one rename when the block ends.
+
+  The file is synced before the rename and the directory after it, so after a crash or a power
+  loss ``path`` holds its old or its new content, never a part. If the block raises, ``path`` is
+  left as it was and the temporary file is removed.
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
   tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
+  try:
+    with open(tmp, mode, **open_kwargs) as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str) -> None:
+  """Syncs a directory's entries (where the platform can: not on Windows, not every file system)."""
+  try:
+    fd = os.open(directory, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Writes JSON atomically (:func:`atomic_write`)."""
+  with atomic_write(path) as f:
     json.dump(obj, f, indent=1, sort_keys=True, default=json_default)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def read_json(path: str) -> Any:
@@ -261,29 +295,20 @@ def truncate_jsonl(path: str, keep: Any) -> None:
         rows.append(json.loads(line))
       except json.JSONDecodeError:
         continue
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
+  with atomic_write(path) as f:
     for r in rows:
       if keep(r):
         f.write(json.dumps(r, sort_keys=True) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def save_outputs(directory: str, split: str, outputs: Mapping[str, np.ndarray]) -> str:
   """Writes ``outputs/<split>.npz`` atomically (the per-example output contract)."""
-  os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, f"{split}.npz")
-  tmp = f"{path}.tmp.npz"
   arrays = {k: np.asarray(v) for k, v in outputs.items()}
   # Object arrays would need pickle to load; ids and identities are stored as fixed-width strings.
   arrays = {k: v.astype(str) if v.dtype == object else v for k, v in arrays.items()}
-  with open(tmp, "wb") as f:
+  with atomic_write(path, "wb") as f:
     np.savez(f, **arrays)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
   return path
 
 

@@ -349,3 +349,12 @@ def test_a_kill_while_a_save_removes_files_leaves_only_complete_steps(tmp_path, 
     chex.assert_trees_all_equal(
         checkpoints.Checkpointer(directory).restore(unlink_kill_worker.tree(0.0)),
         unlink_kill_worker.tree(value))
+
+
+def test_an_atomic_write_that_fails_midway_leaves_the_old_file_and_no_temporary(tmp_path):
+  path = str(tmp_path / "done.json")
+  checkpoints.write_json(path, {"v": 1})
+  with pytest.raises(TypeError, match="not JSON serialisable"):
+    checkpoints.write_json(path, {"v": 2, "w": object()})  # fails after part of it was written
+  assert checkpoints.read_json(path) == {"v": 1}
+  assert os.listdir(tmp_path) == ["done.json"]

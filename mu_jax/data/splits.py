@@ -154,15 +154,12 @@ class SplitManifest:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
   def save(self, path: str | os.PathLike[str]) -> None:
-    """Writes JSON atomically (a temp file renamed into place)."""
+    """Writes JSON atomically (:func:`mu_jax.checkpoints.atomic_write`)."""
+    from mu_jax import checkpoints  # pylint: disable=import-outside-toplevel
     data = self.to_dict()
     data["content_hash"] = self.content_hash
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
+    with checkpoints.atomic_write(os.fspath(path)) as f:
       json.dump(data, f)
-      f.flush()
-      os.fsync(f.fileno())  # on disk before the rename, as checkpoints.write_json does
-    os.replace(tmp, path)
 
   @classmethod
   def load(cls, path: str | os.PathLike[str]) -> "SplitManifest":

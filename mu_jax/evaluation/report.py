@@ -179,18 +179,14 @@ def write_results(directory: str, rows: Sequence[Mapping[str, Any]], *, config: 
 def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
   """One CSV row per result row, columns in order of first appearance (atomic: temp + rename)."""
   keys = list(dict.fromkeys(k for r in rows for k in r))
-  tmp = path + ".tmp"
-  with open(tmp, "w", newline="") as f:
+  with checkpoints.atomic_write(path, newline="") as f:
     w = csv.DictWriter(f, fieldnames=keys)
     w.writeheader()
     for r in rows:
       w.writerow({k: r.get(k, "") for k in keys})
-  os.replace(tmp, path)
 
 
 def _atomic(path: str, text: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
+  with checkpoints.atomic_write(path) as f:
     f.write(text)
-  os.replace(tmp, path)
 
