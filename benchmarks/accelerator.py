@@ -38,7 +38,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step as cpu_bench  # noqa: E402  (the two networks, shared with the CPU benchmark)
@@ -110,14 +109,9 @@ def torch_step(size: int, batch: int, dtype: str, seed: int = 0):
   """run(n) for the same network and step in PyTorch on its default device."""
   import torch
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-  torch.manual_seed(seed)
   torch.backends.cudnn.benchmark = True
-  model = cpu_bench.torch_resnet18(NUM_CLASSES).to(device, memory_format=torch.channels_last).train()
-  opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-  rng = np.random.default_rng(seed)
-  images = torch.from_numpy(rng.integers(0, 256, (batch, 3, size, size), dtype=np.uint8)).to(device)
-  labels = torch.from_numpy(rng.integers(0, NUM_CLASSES, batch).astype(np.int64)).to(device)
-  loss_fn = torch.nn.CrossEntropyLoss()
+  model, opt, images, labels, loss_fn = cpu_bench.torch_step_parts(size, batch, seed, device,
+                                                                   channels_last=True)
   autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
   def run(k):

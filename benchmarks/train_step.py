@@ -122,16 +122,23 @@ def torch_resnet18(num_classes: int):
   return ResNet18()
 
 
-def make_torch_step(size: int, batch: int, seed: int):
-  """A closure running one PyTorch training step on a fixed uint8 batch."""
+def torch_step_parts(size: int, batch: int, seed: int, device: str = "cpu",
+                     channels_last: bool = False):
+  """(model, optimizer, images, labels, loss): PyTorch's side of the step, on ``device``."""
   import torch
   torch.manual_seed(seed)
-  model = torch_resnet18(NUM_CLASSES).train()
+  model = torch_resnet18(NUM_CLASSES)
+  model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
   opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
   rng = np.random.default_rng(seed)
-  images = torch.from_numpy(rng.integers(0, 256, (batch, 3, size, size), dtype=np.uint8))
-  labels = torch.from_numpy(rng.integers(0, NUM_CLASSES, batch).astype(np.int64))
-  loss_fn = torch.nn.CrossEntropyLoss()
+  images = torch.from_numpy(rng.integers(0, 256, (batch, 3, size, size), dtype=np.uint8)).to(device)
+  labels = torch.from_numpy(rng.integers(0, NUM_CLASSES, batch).astype(np.int64)).to(device)
+  return model.train(), opt, images, labels, torch.nn.CrossEntropyLoss()
+
+
+def make_torch_step(size: int, batch: int, seed: int):
+  """A closure running one PyTorch training step on a fixed uint8 batch."""
+  model, opt, images, labels, loss_fn = torch_step_parts(size, batch, seed)
 
   def step():
     x = images.float() / 255.0
