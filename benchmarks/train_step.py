@@ -53,7 +53,7 @@ import numpy as np  # noqa: E402
 
 from mu_jax import parallel, runtime  # noqa: E402
 from mu_jax.models import create_model  # noqa: E402
-from mu_jax.ops import conv as conv_ops  # noqa: E402
+from mu_jax.ops import conv as conv_ops, native  # noqa: E402
 from mu_jax.training import fit, steps  # noqa: E402
 
 NUM_CLASSES = 8
@@ -163,8 +163,8 @@ _DEFAULT_PLAN = conv_ops.plan_for
 
 
 def _alt_plan(change):
-  def plan(x_shape, kernel_shape, stride, eigen_convolutions=None):
-    default = _DEFAULT_PLAN(x_shape, kernel_shape, stride, eigen_convolutions)
+  def plan(x_shape, kernel_shape, stride, eigen_convolutions=None, direct=None):
+    default = _DEFAULT_PLAN(x_shape, kernel_shape, stride, eigen_convolutions, direct)
     tiny = x_shape[1] * x_shape[2] <= 4 and kernel_shape[0] * kernel_shape[1] > 1
     if tiny or x_shape[3] < 16:
       return default
@@ -173,6 +173,9 @@ def _alt_plan(change):
 
 
 ALT_PLANS = {
+    # The plan without the direct kernels of mu_jax.ops.native (XLA, Winograd and im2col only).
+    "no-direct": lambda x_shape, kernel_shape, stride, eigen_convolutions=None, direct=None:
+        _DEFAULT_PLAN(x_shape, kernel_shape, stride, eigen_convolutions, False),
     # im2col for every pass of every layer past the stem.
     "matmul": _alt_plan(lambda plan, stride: conv_ops.ALL_MATMUL),
     # XLA's convolution for the forward where the default runs Winograd's.
@@ -371,8 +374,8 @@ def bench_layers(args) -> dict:
   print(f"\nper layer, batch {args.batch}, median ms of {args.reps} interleaved runs "
         f"(xla = lax.conv_general_dilated, im2col = mu_jax's matmul lowering, torch = PyTorch; "
         f"max-pool: im2col column = mu_jax's slice max-pool)")
-  print("| input | layer | ×n | fwd xla / im2col / torch | fwd winograd | dx xla / im2col / torch | "
-        "dw xla / im2col / torch | plan fwd/dx/dw |")
+  print("| input | layer | ×n | fwd xla / im2col / direct / torch | fwd winograd | "
+        "dx xla / im2col / direct / torch | dw xla / im2col / direct / torch | plan fwd/dx/dw |")
   print("|---|---|---|---|---|---|---|---|")
   for size in args.sizes:
     for name, h, ci, co, k, s, count in resnet18_convs(size):
@@ -386,9 +389,16 @@ def bench_layers(args) -> dict:
       tw = torch.from_numpy(w.transpose(3, 2, 0, 1).copy())
       tg = torch.from_numpy(g.transpose(0, 3, 1, 2).copy())
       cands = {}
-      for impl, conv in (("xla", conv_ops.conv2d_xla), ("im2col", conv_ops.conv2d_im2col)):
-        for part, fn in _jax_layer_fns(conv, s, pad).items():
-          if name == "stem" and part == "dx":
+      can = conv_ops.direct_passes(x.shape, w.shape, s, x.dtype)
+      if not native.available():
+        can = (False, False, False)
+      direct_plan = tuple("direct" if ok else "xla" for ok in can)
+      impls = (("xla", conv_ops.conv2d_xla, (True,) * 3),
+               ("im2col", conv_ops.conv2d_im2col, (True,) * 3),
+               ("direct", functools.partial(conv_ops.conv2d_im2col, plan=direct_plan), can))
+      for impl, conv, runs in impls:
+        for (part, fn), ok in zip(_jax_layer_fns(conv, s, pad).items(), runs):
+          if not ok or (name == "stem" and part == "dx"):
             continue  # the image needs no gradient
           cands[(part, impl)] = functools.partial(
               lambda f: jax.block_until_ready(f(jx, jw, jg)), fn)
@@ -408,11 +418,12 @@ def bench_layers(args) -> dict:
                    "median_ms": {f"{a}_{b}": v for (a, b), v in med.items()}})
       cells = []
       for part in ("fwd", "dx", "dw"):
-        vals = [med.get((part, impl)) for impl in ("xla", "im2col", "torch")]
+        vals = [med.get((part, impl)) for impl in ("xla", "im2col", "direct", "torch")]
         cells.append(" / ".join("-" if v is None else f"{v:.1f}" for v in vals))
         if part == "fwd":
           cells.append(f"{med[('fwd', 'winograd')]:.1f}" if ("fwd", "winograd") in med else "-")
-      cells.append("/".join({"matmul": "mm", "winograd": "wg"}.get(p, p) for p in plan))
+      cells.append("/".join({"matmul": "mm", "winograd": "wg", "direct": "dc"}.get(p, p)
+                            for p in plan))
       print(f"| {size} | {name} {h}×{h} {ci}→{co} | {count} | " + " | ".join(cells) + " |", flush=True)
     # The stem max-pool: 3×3/2, padding 1, on the stem output.
     hp = -(-size // 2)

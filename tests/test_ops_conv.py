@@ -126,30 +126,31 @@ def test_asymmetric_padding_matches_lax():
 
 
 def test_plan_follows_the_shape_rules():
-  """Tiny maps: matmul; the RGB stem: XLA; else (Eigen) XLA forward, col2im input gradient and
-  matmul weight gradient at stride 2, and at stride 1 the matmul weight gradient above 16×16 and
-  Winograd's forward for 3×3 kernels over 128+ channels."""
+  """Without the direct kernels (test_native.py has the plan with them): tiny maps: matmul; the
+  RGB stem: XLA; else (Eigen) XLA forward, col2im input gradient and matmul weight gradient at
+  stride 2, and at stride 1 the matmul weight gradient above 16×16 and Winograd's forward for
+  3×3 kernels over 128+ channels."""
   xla, mm = "xla", "matmul"
   stem = ((2, 16, 16, 3), (7, 7, 3, 8), 2)
   for eigen in (True, False):
-    assert conv.plan_for((2, 2, 2, 16), (3, 3, 16, 8), 1, eigen) == (mm, mm, mm)
-    assert conv.plan_for((2, 1, 1, 16), (3, 3, 16, 8), 2, eigen) == (mm, mm, mm)
-    assert conv.plan_for(*stem, eigen) == (xla, xla, xla)
+    assert conv.plan_for((2, 2, 2, 16), (3, 3, 16, 8), 1, eigen, False) == (mm, mm, mm)
+    assert conv.plan_for((2, 1, 1, 16), (3, 3, 16, 8), 2, eigen, False) == (mm, mm, mm)
+    assert conv.plan_for(*stem, eigen, False) == (xla, xla, xla)
   # A 1×1 kernel on a 2×2 map is an ordinary matmul-sized product, not a tiny-map case.
-  assert conv.plan_for((2, 2, 2, 16), (1, 1, 16, 8), 2, True) == (xla, mm, mm)
-  assert conv.plan_for((2, 16, 16, 16), (3, 3, 16, 8), 1, True) == (xla, xla, xla)
-  assert conv.plan_for((2, 16, 16, 16), (3, 3, 16, 8), 2, True) == (xla, mm, mm)
-  assert conv.plan_for((2, 32, 16, 16), (3, 3, 16, 8), 1, True) == (xla, xla, mm)
-  assert conv.plan_for((2, 32, 32, 16), (1, 1, 16, 8), 2, True) == (xla, mm, mm)
-  assert conv.plan_for((2, 8, 8, 16), (3, 3, 16, 8), 1, False) == (mm, mm, mm)
+  assert conv.plan_for((2, 2, 2, 16), (1, 1, 16, 8), 2, True, False) == (xla, mm, mm)
+  assert conv.plan_for((2, 16, 16, 16), (3, 3, 16, 8), 1, True, False) == (xla, xla, xla)
+  assert conv.plan_for((2, 16, 16, 16), (3, 3, 16, 8), 2, True, False) == (xla, mm, mm)
+  assert conv.plan_for((2, 32, 16, 16), (3, 3, 16, 8), 1, True, False) == (xla, xla, mm)
+  assert conv.plan_for((2, 32, 32, 16), (1, 1, 16, 8), 2, True, False) == (xla, mm, mm)
+  assert conv.plan_for((2, 8, 8, 16), (3, 3, 16, 8), 1, False, False) == (mm, mm, mm)
   # Winograd's forward for 3×3 at stride 1 over 128+ channels on maps of at least 4×4.
   wg = "winograd"
-  assert conv.plan_for((2, 16, 16, 128), (3, 3, 128, 128), 1, True) == (wg, xla, xla)
-  assert conv.plan_for((2, 32, 32, 128), (3, 3, 128, 128), 1, True) == (wg, xla, mm)
-  assert conv.plan_for((2, 4, 4, 512), (3, 3, 512, 512), 1, True) == (wg, xla, xla)
-  assert conv.plan_for((2, 2, 2, 512), (3, 3, 512, 512), 1, True) == (mm, mm, mm)
-  assert conv.plan_for((2, 16, 16, 64), (3, 3, 64, 64), 1, True) == (xla, xla, xla)
-  assert conv.plan_for((2, 16, 16, 128), (3, 3, 128, 256), 2, True) == (xla, mm, mm)
+  assert conv.plan_for((2, 16, 16, 128), (3, 3, 128, 128), 1, True, False) == (wg, xla, xla)
+  assert conv.plan_for((2, 32, 32, 128), (3, 3, 128, 128), 1, True, False) == (wg, xla, mm)
+  assert conv.plan_for((2, 4, 4, 512), (3, 3, 512, 512), 1, True, False) == (wg, xla, xla)
+  assert conv.plan_for((2, 2, 2, 512), (3, 3, 512, 512), 1, True, False) == (mm, mm, mm)
+  assert conv.plan_for((2, 16, 16, 64), (3, 3, 64, 64), 1, True, False) == (xla, xla, xla)
+  assert conv.plan_for((2, 16, 16, 128), (3, 3, 128, 256), 2, True, False) == (xla, mm, mm)
 
 
 @pytest.mark.parametrize("plan", list(itertools.product(("xla", "matmul"), repeat=3)), ids="-".join)

@@ -14,9 +14,11 @@ the same machine on some shapes a ResNet-18 sees on small images:
 * the max-pool backward (``select_and_scatter``: 7-10× slower than a gather-form backward).
 
 On the CPU, :func:`conv2d` therefore picks a lowering for each pass of each convolution (forward,
-input gradient, weight gradient; :func:`plan_for`) through a ``custom_vjp``: XLA's own convolution
-(run by Eigen, see :mod:`mu_jax.runtime`), Winograd's F(2×2, 3×3) for the forward of some 3×3
-convolutions (:func:`conv2d_winograd`), or matrix products over im2col patches
+input gradient, weight gradient; :func:`plan_for`) through a ``custom_vjp``: mu_jax's direct
+convolution kernels (:mod:`mu_jax.ops.native`, XLA FFI custom calls compiled for the host CPU;
+the default for float32 wherever they apply and were faster, when they could be built), XLA's own
+convolution (run by Eigen, see :mod:`mu_jax.runtime`), Winograd's F(2×2, 3×3) for the forward of
+some 3×3 convolutions (:func:`conv2d_winograd`), or matrix products over im2col patches
 (:func:`conv2d_im2col`):
 
 * kernel taps that only ever read padding are dropped first (a 3×3 convolution on a 1×1 map is a
@@ -50,6 +52,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from mu_jax.ops import native
 
 Padding = Sequence[tuple[int, int]]
 
@@ -134,7 +138,7 @@ ALL_MATMUL: Plan = ("matmul", "matmul", "matmul")
 
 
 def plan_for(x_shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
-             eigen_convolutions: bool | None = None) -> Plan:
+             eigen_convolutions: bool | None = None, direct: bool | None = None) -> Plan:
   """The lowering of each pass of a CPU convolution, chosen by shape.
 
   Chosen from whole training steps of ResNet-18 at batch 64 (``benchmarks/train_step.py``;
@@ -160,6 +164,14 @@ def plan_for(x_shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
     128×128 (two runs).
   * With XLA's convolutions on YNNPACK (tuning switched off): the matmul lowering for all passes
     (YNNPACK's convolutions were slower in every pass but the forward of a few shapes).
+  * With the direct kernels (``direct``; by default where :mod:`mu_jax.ops.native` built them
+    with AVX-512, where they were measured): each pass they can run (:func:`direct_passes`) goes
+    to them on maps of at least 8×8, and the forward and weight gradient also on smaller maps
+    over fewer than 256 and 512 input channels; the input gradient at stride 1 on maps of at
+    least 16×16. Everything else keeps the rules above (tiny maps, and on 4×4×512 XLA,
+    Winograd's forward and im2col were faster: the kernel's weights leave the L2 cache for
+    every few output pixels). Whole ResNet-18 steps at 128×128 and 64×64 were 19-23% faster
+    with them than without (BUILD_NOTES.md).
 
   Args:
     x_shape: input shape [N, H, W, C_in].
@@ -167,17 +179,38 @@ def plan_for(x_shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
     stride: the stride along H and W.
     eigen_convolutions: which library runs XLA's convolutions; by default what
       :mod:`mu_jax.runtime` set up for this process.
+    direct: whether to use the direct kernels (float32 only: :func:`conv2d_matmul` passes
+      False for other dtypes); by default whether this process built them with AVX-512.
 
   Returns:
-    "xla" or "matmul" for each of the forward, the input gradient and the weight gradient, or
-    "winograd" (:func:`conv2d_winograd`) for the forward.
+    "direct", "xla" or "matmul" for each of the forward, the input gradient and the weight
+    gradient, or "winograd" (:func:`conv2d_winograd`) for the forward.
   """
   if eigen_convolutions is None:
     from mu_jax import runtime  # pylint: disable=import-outside-toplevel
     eigen_convolutions = runtime.EIGEN_CONVOLUTIONS
+  if direct is None:
+    direct = native.available() and native.wide_vectors()
+  plan = _plan_without_direct(x_shape, kernel_shape, stride, eigen_convolutions)
+  h, w, ci = x_shape[1], x_shape[2], x_shape[3]
+  if not direct or _tiny(x_shape, kernel_shape):
+    return plan
+  can = direct_passes(x_shape, kernel_shape, stride, jnp.float32)
+  # Small maps over many channels: the kernel's slice of weights leaves the L2 cache for every
+  # few output pixels (4×4×512: 13.6 against 12.4 ms forward for XLA).
+  use = (can[0] and (h * w >= 64 or ci < 256), can[1] and h * w >= 256,
+         can[2] and (h * w >= 64 or ci < 512))
+  return tuple("direct" if u else p for u, p in zip(use, plan))
+
+
+def _tiny(x_shape, kernel_shape) -> bool:
+  return x_shape[1] * x_shape[2] <= 4 and kernel_shape[0] * kernel_shape[1] > 1
+
+
+def _plan_without_direct(x_shape, kernel_shape, stride, eigen_convolutions) -> Plan:
   h, w, ci = x_shape[1], x_shape[2], x_shape[3]
   kh, kw = kernel_shape[0], kernel_shape[1]
-  if h * w <= 4 and kh * kw > 1:
+  if _tiny(x_shape, kernel_shape):
     return ALL_MATMUL
   if ci < 16:
     return ALL_XLA
@@ -197,7 +230,9 @@ def conv2d_matmul(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding
 
   Each pass runs the lowering :func:`plan_for` picks for this shape.
   """
-  return conv2d_im2col(x, kernel, stride, padding, plan_for(x.shape, kernel.shape, stride))
+  direct = None if x.dtype == jnp.float32 else False
+  return conv2d_im2col(x, kernel, stride, padding,
+                       plan_for(x.shape, kernel.shape, stride, direct=direct))
 
 
 def conv2d_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding,
@@ -221,12 +256,40 @@ def conv2d_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding
   if "winograd" in plan[1:] or (plan[0] == "winograd" and (stride, kh, kw) != (1, 3, 3)):
     raise ValueError(f"plan {plan}: Winograd runs only the forward of a 3×3 stride-1 convolution "
                      f"(here {kh}×{kw} taps reach the input, stride {stride})")
+  _check_direct(plan, x, kernel, stride)
   lo_h, lo_w = lo_h - h0, lo_w - w0
   # High padding that makes the output size unchanged; negative values crop input rows that no
   # remaining tap reads (lax.pad and XLA's convolution accept negative padding).
   hi_h = (ho - 1) * stride + kh - h - lo_h
   hi_w = (wo - 1) * stride + kw - w - lo_w
   return _conv_mm(x, kernel, stride, ((lo_h, hi_h), (lo_w, hi_w)), tuple(plan))
+
+
+def direct_passes(x_shape: Sequence[int], kernel_shape: Sequence[int], stride: int, dtype
+                  ) -> tuple[bool, bool, bool]:
+  """Which passes the direct kernels (:mod:`mu_jax.ops.native`) can run for this convolution.
+
+  The forward and weight gradient need float32 and C_out a multiple of 16; the input gradient
+  also stride 1 and C_in a multiple of 16 (it is a forward with C_in output channels).
+  """
+  ok = jnp.dtype(dtype) == jnp.float32 and kernel_shape[3] % native.CHANNEL_MULTIPLE == 0
+  dx = ok and stride == 1 and x_shape[3] % native.CHANNEL_MULTIPLE == 0
+  return ok, dx, ok
+
+
+def _check_direct(plan: Plan, x: jax.Array, kernel: jax.Array, stride: int) -> None:
+  if "direct" not in plan:
+    return
+  can = direct_passes(x.shape, kernel.shape, stride, x.dtype)
+  bad = [part for part, name, ok in zip(("forward", "input gradient", "weight gradient"), plan, can)
+         if name == "direct" and not ok]
+  if bad:
+    raise ValueError(f"plan {plan}: the direct kernels cannot run the {', '.join(bad)} of a "
+                     f"{x.dtype} convolution {tuple(x.shape)} * {tuple(kernel.shape)} at stride "
+                     f"{stride} (float32, output channels a multiple of "
+                     f"{native.CHANNEL_MULTIPLE}; input gradient at stride 1 only)")
+  if not native.available():
+    raise native.NativeUnavailable(f"plan {plan}: {native.why_unavailable()}")
 
 
 def _stack_taps(tap, kh: int, kw: int, axis: int) -> jax.Array:
@@ -369,7 +432,25 @@ def conv2d_winograd(x: jax.Array, kernel: jax.Array, padding: Padding = ((1, 1),
   return _map_chunks(body, n, 16 * th * tw * ci * jnp.dtype(acc).itemsize, xp)
 
 
+def _pad(x: jax.Array, padding: Padding) -> jax.Array:
+  """Zero padding of H and W (negative values crop, as in ``lax.pad``)."""
+  (lo_h, hi_h), (lo_w, hi_w) = padding
+  return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (lo_h, hi_h, 0), (lo_w, hi_w, 0), (0, 0, 0)))
+
+
+def _direct_dx(kernel: jax.Array, g: jax.Array, padding: Padding) -> jax.Array:
+  """Input gradient of a stride-1 convolution: the direct forward of the padded output gradient
+  with the kernel rotated by 180° and its channel axes swapped."""
+  kh, kw = kernel.shape[:2]
+  (lo_h, hi_h), (lo_w, hi_w) = padding
+  rotated = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+  gp = _pad(g, ((kh - 1 - lo_h, kh - 1 - hi_h), (kw - 1 - lo_w, kw - 1 - hi_w)))
+  return native.conv_forward(gp, rotated, 1)
+
+
 def _forward_planned(x, kernel, stride, padding, plan):
+  if plan[0] == "direct":
+    return native.conv_forward(_pad(x, padding), kernel, stride)
   if plan[0] == "xla":
     return conv2d_xla(x, kernel, stride, padding)
   if plan[0] == "winograd":
@@ -389,11 +470,15 @@ def _conv_mm_fwd(x, kernel, stride, padding, plan):
 
 def _conv_mm_bwd(stride, padding, plan, res, g):
   x, kernel = res
-  if plan[1] == "xla":
+  if plan[1] == "direct":
+    dx = _direct_dx(kernel, g, padding)
+  elif plan[1] == "xla":
     dx = jax.vjp(lambda v: conv2d_xla(v, kernel, stride, padding), x)[1](g)[0]
   else:
     dx = _col2im_dx(x, kernel, g, stride, padding)
-  if plan[2] == "xla":
+  if plan[2] == "direct":
+    dw = native.conv_weight_grad(_pad(x, padding), g, kernel.shape[:2], stride)
+  elif plan[2] == "xla":
     dw = jax.vjp(lambda k: conv2d_xla(x, k, stride, padding), kernel)[1](g)[0]
   else:
     dw = _im2col_dw(x, kernel, g, stride, padding)
