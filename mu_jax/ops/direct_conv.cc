@@ -262,30 +262,47 @@ ffi::Error ConvDwImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   const int64_t taps = vblock == 64 ? dw_tile_taps<4>()
                                     : (vblock == 32 ? dw_tile_taps<2>() : dw_tile_taps<1>());
   // dw is cut into tiles (kernel row, run of taps, block of channels) and the tiles into one
-  // group per thread. Each group sums all output rows in runs of about 1024 pixels (their slices
-  // of x and dy stay in the L2 cache while the group's tiles pass over them), in the same order
-  // whichever thread runs it: no partial sums to add, and the same result for any thread count.
+  // group per thread; the output rows are cut into `parts` contiguous parts. A work item is one
+  // group over one part: it passes over the part's rows in runs of about 1024 pixels (their
+  // slices of x and dy stay in the L2 cache while the group's tiles pass over them) and sums
+  // into the part's own buffer; the parts' buffers are then added in order. The number of parts
+  // depends on the shape only and the grouping of tiles changes no sum, so the result is the
+  // same for any thread count and scheduling; several parts per group let a thread that is
+  // slowed down elsewhere leave more of the work to the others.
   const int64_t kdim = d.kw * d.ci;
+  const int64_t size = d.kh * kdim * d.co;
   const int64_t k_tiles = (kdim + taps - 1) / taps;
   const int64_t tiles = d.kh * k_tiles * (d.co / vblock);
   const int64_t rows = d.n * d.ho;
   const int64_t run = std::max<int64_t>(1, (1024 + d.wo - 1) / d.wo);
-  const int64_t groups =
-      std::min(threads_for(pool, rows * d.wo * d.kh * kdim * d.co), tiles);
-  std::memset(out, 0, d.kh * kdim * d.co * sizeof(float));
-  parallel_chunks(pool, groups, groups, [&](int64_t g) {
+  const int64_t macs = rows * d.wo * size;
+  const int64_t groups = std::min(threads_for(pool, macs), tiles);
+  // Up to 8 parts, with at most 16 MB of buffers.
+  const int64_t parts = macs < kMinParallelMacs ? 1 : std::max<int64_t>(1, std::min<int64_t>(
+      {8, rows, (int64_t{16} << 20) / (size * int64_t{sizeof(float)})}));
+  std::vector<std::unique_ptr<float[]>> partial(parts);
+  for (auto& buffer : partial) buffer.reset(new float[size]());
+  parallel_chunks(pool, parts * groups, groups, [&](int64_t item) {
+    const int64_t part = item / groups, g = item % groups;
     const int64_t t0 = tiles * g / groups, t1 = tiles * (g + 1) / groups;
-    for (int64_t r0 = 0; r0 < rows; r0 += run) {
-      const int64_t r1 = std::min(rows, r0 + run);
+    const int64_t lo = rows * part / parts, hi = rows * (part + 1) / parts;
+    float* acc = partial[part].get();
+    for (int64_t r0 = lo; r0 < hi; r0 += run) {
+      const int64_t r1 = std::min(hi, r0 + run);
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t block = t / (d.kh * k_tiles), a = (t / k_tiles) % d.kh;
         const int64_t k = (t % k_tiles) * taps, width = std::min(taps, kdim - k);
-        if (vblock == 64) dw_tile_at<4>(d, xp, gp, a, k, width, block, r0, r1, out);
-        else if (vblock == 32) dw_tile_at<2>(d, xp, gp, a, k, width, block, r0, r1, out);
-        else dw_tile_at<1>(d, xp, gp, a, k, width, block, r0, r1, out);
+        if (vblock == 64) dw_tile_at<4>(d, xp, gp, a, k, width, block, r0, r1, acc);
+        else if (vblock == 32) dw_tile_at<2>(d, xp, gp, a, k, width, block, r0, r1, acc);
+        else dw_tile_at<1>(d, xp, gp, a, k, width, block, r0, r1, acc);
       }
     }
   });
+  std::memcpy(out, partial[0].get(), size * sizeof(float));
+  for (int64_t part = 1; part < parts; ++part) {
+    const float* src = partial[part].get();
+    for (int64_t i = 0; i < size; ++i) out[i] += src[i];
+  }
   return ffi::Error::Success();
 }
 
