@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import threading
@@ -194,7 +195,34 @@ def test_build_writes_the_library_whole_even_when_two_processes_build_at_once(tm
   assert not errors
   assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporaries left
   import ctypes  # pylint: disable=import-outside-toplevel
-  assert ctypes.cdll.LoadLibrary(str(out)).MuJaxVectorBits() in (0, 512)
+  assert ctypes.cdll.LoadLibrary(str(out)).MuJaxVectorBits() in (0, 256, 512)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 targets only")
+def test_an_avx2_build_computes_the_same_convolutions(tmp_path):
+  """The 8-lane build (16 registers: other tiles and channel blocks), as on CPUs without AVX-512."""
+  out = tmp_path / "direct_conv-avx2.so"
+  native.build(native._compiler(), out,  # pylint: disable=protected-access
+               tuple("-march=x86-64-v3" if f == "-march=native" else f for f in native.FLAGS))
+  import ctypes  # pylint: disable=import-outside-toplevel
+  lib = ctypes.cdll.LoadLibrary(str(out))
+  assert lib.MuJaxVectorBits() == 256
+  jax.ffi.register_ffi_target("mu_jax_test_avx2_fwd", jax.ffi.pycapsule(lib.MuJaxConvFwd),
+                              platform="cpu")
+  jax.ffi.register_ffi_target("mu_jax_test_avx2_dw", jax.ffi.pycapsule(lib.MuJaxConvDw),
+                              platform="cpu")
+  for case in (CASES[0], CASES[3], CASES[5], CASES[7]):
+    x, kernel, _, stride, padding = _case_data(case, seed=5)
+    xp = conv._pad(x, padding)  # pylint: disable=protected-access
+    y = _lax_conv(x, kernel, stride, padding)
+    g = jnp.asarray(np.random.default_rng(6).standard_normal(y.shape), jnp.float32)
+    got = jax.ffi.ffi_call("mu_jax_test_avx2_fwd", jax.ShapeDtypeStruct(y.shape, jnp.float32))(
+        xp, kernel, stride=np.int64(stride))
+    _close(got, y)
+    got_dw = jax.ffi.ffi_call("mu_jax_test_avx2_dw",
+                              jax.ShapeDtypeStruct(kernel.shape, jnp.float32))(
+        xp, g, stride=np.int64(stride))
+    _close(got_dw, jax.vjp(lambda k: _lax_conv(x, k, stride, padding), kernel)[1](g)[0])
 
 
 def test_a_failed_build_says_why_and_leaves_nothing(tmp_path):

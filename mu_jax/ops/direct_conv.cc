@@ -29,6 +29,7 @@
 #include <cstring>
 #include <memory>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -37,12 +38,32 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-// 16 floats: one AVX-512 register, or two AVX2 registers where the compiler has no AVX-512.
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4)));
+// One vector register: 16 floats with AVX-512 (32 registers), else 8 (AVX2's 16 registers; two
+// NEON registers of 32 elsewhere). Tiles below are V vectors of output channels wide.
+#ifdef __AVX512F__
+constexpr int kLanes = 16, kRegisters = 32;
+#else
+constexpr int kLanes = 8, kRegisters = 16;
+#endif
+typedef float vec __attribute__((vector_size(4 * kLanes)));
+typedef float vec_u __attribute__((vector_size(4 * kLanes), aligned(4)));
 
-inline v16 load(const float* p) { return *reinterpret_cast<const v16u*>(p); }
-inline void store(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
+inline vec load(const float* p) { return *reinterpret_cast<const vec_u*>(p); }
+inline void store(float* p, vec v) { *reinterpret_cast<vec_u*>(p) = v; }
+
+// Rows of a tile (output pixels in the forward, taps in the weight gradient) for V vectors of
+// channels: R*V accumulators, V vectors of the streamed operand and one broadcast in registers.
+template <int V>
+constexpr int tile_rows() { return std::min(14, (kRegisters - 1 - V) / V); }
+
+// Calls fn with the widest block of channel vectors that divides C_out (64 channels with AVX-512,
+// 16 otherwise; C_out is a multiple of 16) as a compile-time std::integral_constant<int, V>.
+template <typename Fn>
+void with_block(int64_t co, const Fn& fn) {
+  if (kLanes == 16 && co % 64 == 0) fn(std::integral_constant<int, 4>{});
+  else if (co % (2 * kLanes) == 0) fn(std::integral_constant<int, 2>{});
+  else fn(std::integral_constant<int, 1>{});
+}
 
 // Below this many multiply-adds a call runs on the calling thread alone: waking a pool thread
 // costs more than it saves.
@@ -97,19 +118,19 @@ inline void fwd_tile(const FwdShape& d, const float* x, int64_t p, const float* 
   const float* xb[R];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) xb[r] = x + fwd_origin(d, p + r);
-  v16 acc[R][V];
+  vec acc[R][V];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int j = 0; j < V; ++j) acc[r][j] = v16{};
+    for (int j = 0; j < V; ++j) acc[r][j] = vec{};
   const int64_t kdim = d.kw * d.ci, row = d.wp * d.ci;
   for (int64_t a = 0; a < d.kh; ++a) {
     const float* wr = w + a * kdim * d.co;
     const int64_t off = a * row;
     for (int64_t k = 0; k < kdim; ++k) {
-      v16 wv[V];
+      vec wv[V];
 #pragma GCC unroll 4
-      for (int j = 0; j < V; ++j) wv[j] = load(wr + k * d.co + 16 * j);
+      for (int j = 0; j < V; ++j) wv[j] = load(wr + k * d.co + kLanes * j);
 #pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
         const float xv = xb[r][off + k];
@@ -122,17 +143,14 @@ inline void fwd_tile(const FwdShape& d, const float* x, int64_t p, const float* 
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int j = 0; j < V; ++j) store(yp + r * d.co + 16 * j, acc[r][j]);
+    for (int j = 0; j < V; ++j) store(yp + r * d.co + kLanes * j, acc[r][j]);
 }
-
-template <int V>
-constexpr int fwd_tile_pixels() { return V >= 4 ? 6 : (V == 2 ? 12 : 14); }
 
 // Pixels [p0, p1) of the output, channels of one V-block (w and y point at its first channel).
 template <int V>
 void fwd_pixels(const FwdShape& d, const float* x, int64_t p0, int64_t p1, const float* w,
                 float* y) {
-  constexpr int R = fwd_tile_pixels<V>();
+  constexpr int R = tile_rows<V>();
   int64_t p = p0;
   for (; p + R <= p1; p += R) fwd_tile<R, V>(d, x, p, w, y);
   switch (p1 - p) {  // fewer than R pixels left
@@ -159,24 +177,19 @@ ffi::Error ConvFwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
   const float* xp = x.typed_data();
   const float* wp = w.typed_data();
   float* yp = y->typed_data();
-  const int64_t vblock = d.co % 64 == 0 ? 64 : (d.co % 32 == 0 ? 32 : 16);
-  const int64_t blocks = d.co / vblock;
-  // Chunks of whole tiles, enough of them to balance the threads.
-  const int64_t tile = vblock == 64 ? fwd_tile_pixels<4>()
-                                    : (vblock == 32 ? fwd_tile_pixels<2>() : fwd_tile_pixels<1>());
-  const int64_t pixels = d.n * d.ho * d.wo;
-  const int64_t per_chunk = std::max<int64_t>(1, pixels / (64 * tile)) * tile;
-  const int64_t chunks = (pixels + per_chunk - 1) / per_chunk;
-  const int64_t macs = pixels * d.kh * d.kw * d.ci * d.co;
-  parallel_chunks(pool, chunks, threads_for(pool, macs), [&](int64_t c) {
-    const int64_t p0 = c * per_chunk, p1 = std::min(pixels, p0 + per_chunk);
-    for (int64_t b = 0; b < blocks; ++b) {
-      const float* wb = wp + b * vblock;
-      float* yb = yp + b * vblock;
-      if (vblock == 64) fwd_pixels<4>(d, xp, p0, p1, wb, yb);
-      else if (vblock == 32) fwd_pixels<2>(d, xp, p0, p1, wb, yb);
-      else fwd_pixels<1>(d, xp, p0, p1, wb, yb);
-    }
+  with_block(d.co, [&](auto block_vectors) {
+    constexpr int V = decltype(block_vectors)::value;
+    constexpr int64_t vblock = V * kLanes, tile = tile_rows<V>();
+    const int64_t blocks = d.co / vblock;
+    // Chunks of whole tiles, enough of them to balance the threads.
+    const int64_t pixels = d.n * d.ho * d.wo;
+    const int64_t per_chunk = std::max<int64_t>(1, pixels / (64 * tile)) * tile;
+    const int64_t chunks = (pixels + per_chunk - 1) / per_chunk;
+    const int64_t macs = pixels * d.kh * d.kw * d.ci * d.co;
+    parallel_chunks(pool, chunks, threads_for(pool, macs), [&](int64_t c) {
+      const int64_t p0 = c * per_chunk, p1 = std::min(pixels, p0 + per_chunk);
+      for (int64_t b = 0; b < blocks; ++b) fwd_pixels<V>(d, xp, p0, p1, wp + b * vblock, yp + b * vblock);
+    });
   });
   return ffi::Error::Success();
 }
@@ -194,20 +207,20 @@ struct DwShape {
 template <int KB, int V>
 inline void dw_tile(const DwShape& d, const float* x, const float* dy, int64_t r0, int64_t r1,
                     float* acc_out) {
-  v16 acc[KB][V];
+  vec acc[KB][V];
 #pragma GCC unroll 16
   for (int b = 0; b < KB; ++b)
 #pragma GCC unroll 4
-    for (int j = 0; j < V; ++j) acc[b][j] = load(acc_out + b * d.co + 16 * j);
+    for (int j = 0; j < V; ++j) acc[b][j] = load(acc_out + b * d.co + kLanes * j);
   const int64_t xstep = d.s * d.ci;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t n = r / d.ho, oh = r % d.ho;
     const float* xr = x + (n * d.hp + oh * d.s) * d.wp * d.ci;
     const float* gr = dy + r * d.wo * d.co;
     for (int64_t ow = 0; ow < d.wo; ++ow) {
-      v16 gv[V];
+      vec gv[V];
 #pragma GCC unroll 4
-      for (int j = 0; j < V; ++j) gv[j] = load(gr + ow * d.co + 16 * j);
+      for (int j = 0; j < V; ++j) gv[j] = load(gr + ow * d.co + kLanes * j);
       const float* xp = xr + ow * xstep;
 #pragma GCC unroll 16
       for (int b = 0; b < KB; ++b) {
@@ -220,21 +233,18 @@ inline void dw_tile(const DwShape& d, const float* x, const float* dy, int64_t r
 #pragma GCC unroll 16
   for (int b = 0; b < KB; ++b)
 #pragma GCC unroll 4
-    for (int j = 0; j < V; ++j) store(acc_out + b * d.co + 16 * j, acc[b][j]);
+    for (int j = 0; j < V; ++j) store(acc_out + b * d.co + kLanes * j, acc[b][j]);
 }
-
-template <int V>
-constexpr int dw_tile_taps() { return V >= 4 ? 6 : (V == 2 ? 12 : 14); }
 
 // One tile of dw: kernel row a, taps [k, k + width) of its KW*C_in, one V-block of channels,
 // summed over output rows [r0, r1) onto what dw holds there.
 template <int V>
 void dw_tile_at(const DwShape& d, const float* x, const float* dy, int64_t a, int64_t k,
                 int64_t width, int64_t block, int64_t r0, int64_t r1, float* dw) {
-  constexpr int KB = dw_tile_taps<V>();
+  constexpr int KB = tile_rows<V>();
   const float* xa = x + a * d.wp * d.ci + k;
-  const float* gb = dy + block * 16 * V;
-  float* acc = dw + (a * d.kw * d.ci + k) * d.co + block * 16 * V;
+  const float* gb = dy + block * kLanes * V;
+  float* acc = dw + (a * d.kw * d.ci + k) * d.co + block * kLanes * V;
   switch (width) {
 #define MU_JAX_TAP(t) case t: dw_tile<(t <= KB ? t : 1), V>(d, xa, gb, r0, r1, acc); break;
     MU_JAX_TAP(1) MU_JAX_TAP(2) MU_JAX_TAP(3) MU_JAX_TAP(4) MU_JAX_TAP(5) MU_JAX_TAP(6)
@@ -258,9 +268,6 @@ ffi::Error ConvDwImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   const float* xp = x.typed_data();
   const float* gp = dy.typed_data();
   float* out = dw->typed_data();
-  const int64_t vblock = d.co % 64 == 0 ? 64 : (d.co % 32 == 0 ? 32 : 16);
-  const int64_t taps = vblock == 64 ? dw_tile_taps<4>()
-                                    : (vblock == 32 ? dw_tile_taps<2>() : dw_tile_taps<1>());
   // dw is cut into tiles (kernel row, run of taps, block of channels) and the tiles into one
   // group per thread; the output rows are cut into `parts` contiguous parts. A work item is one
   // group over one part: it passes over the part's rows in runs of about 1024 pixels (their
@@ -271,32 +278,34 @@ ffi::Error ConvDwImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   // slowed down elsewhere leave more of the work to the others.
   const int64_t kdim = d.kw * d.ci;
   const int64_t size = d.kh * kdim * d.co;
-  const int64_t k_tiles = (kdim + taps - 1) / taps;
-  const int64_t tiles = d.kh * k_tiles * (d.co / vblock);
   const int64_t rows = d.n * d.ho;
   const int64_t run = std::max<int64_t>(1, (1024 + d.wo - 1) / d.wo);
   const int64_t macs = rows * d.wo * size;
-  const int64_t groups = std::min(threads_for(pool, macs), tiles);
   // Up to 8 parts, with at most 16 MB of buffers.
   const int64_t parts = macs < kMinParallelMacs ? 1 : std::max<int64_t>(1, std::min<int64_t>(
       {8, rows, (int64_t{16} << 20) / (size * int64_t{sizeof(float)})}));
   std::vector<std::unique_ptr<float[]>> partial(parts);
   for (auto& buffer : partial) buffer.reset(new float[size]());
-  parallel_chunks(pool, parts * groups, groups, [&](int64_t item) {
-    const int64_t part = item / groups, g = item % groups;
-    const int64_t t0 = tiles * g / groups, t1 = tiles * (g + 1) / groups;
-    const int64_t lo = rows * part / parts, hi = rows * (part + 1) / parts;
-    float* acc = partial[part].get();
-    for (int64_t r0 = lo; r0 < hi; r0 += run) {
-      const int64_t r1 = std::min(hi, r0 + run);
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t block = t / (d.kh * k_tiles), a = (t / k_tiles) % d.kh;
-        const int64_t k = (t % k_tiles) * taps, width = std::min(taps, kdim - k);
-        if (vblock == 64) dw_tile_at<4>(d, xp, gp, a, k, width, block, r0, r1, acc);
-        else if (vblock == 32) dw_tile_at<2>(d, xp, gp, a, k, width, block, r0, r1, acc);
-        else dw_tile_at<1>(d, xp, gp, a, k, width, block, r0, r1, acc);
+  with_block(d.co, [&](auto block_vectors) {
+    constexpr int V = decltype(block_vectors)::value;
+    constexpr int64_t taps = tile_rows<V>();
+    const int64_t k_tiles = (kdim + taps - 1) / taps;
+    const int64_t tiles = d.kh * k_tiles * (d.co / (V * kLanes));
+    const int64_t groups = std::min(threads_for(pool, macs), tiles);
+    parallel_chunks(pool, parts * groups, groups, [&](int64_t item) {
+      const int64_t part = item / groups, g = item % groups;
+      const int64_t t0 = tiles * g / groups, t1 = tiles * (g + 1) / groups;
+      const int64_t lo = rows * part / parts, hi = rows * (part + 1) / parts;
+      float* acc = partial[part].get();
+      for (int64_t r0 = lo; r0 < hi; r0 += run) {
+        const int64_t r1 = std::min(hi, r0 + run);
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t block = t / (d.kh * k_tiles), a = (t / k_tiles) % d.kh;
+          const int64_t k = (t % k_tiles) * taps, width = std::min(taps, kdim - k);
+          dw_tile_at<V>(d, xp, gp, a, k, width, block, r0, r1, acc);
+        }
       }
-    }
+    });
   });
   std::memcpy(out, partial[0].get(), size * sizeof(float));
   for (int64_t part = 1; part < parts; ++part) {
@@ -325,10 +334,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MuJaxConvDw, ConvDwImpl,
                                   .Attr<int64_t>("stride"));
 
 // The vector width the library was compiled for: 512 with AVX-512 (where the kernels were
-// measured and mu_jax's plan uses them), else 0 (correct, but not chosen by the plan).
+// measured and mu_jax's plan uses them), 256 with AVX2 and FMA, else 0. Every build is correct;
+// only AVX-512 builds are chosen by the plan.
 extern "C" int MuJaxVectorBits() {
-#ifdef __AVX512F__
+#if defined(__AVX512F__)
   return 512;
+#elif defined(__AVX2__) && defined(__FMA__)
+  return 256;
 #else
   return 0;
 #endif

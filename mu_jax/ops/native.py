@@ -99,13 +99,19 @@ def library_path(cxx: str) -> pathlib.Path:
   return cache_dir() / f"direct_conv-{key.hexdigest()[:20]}.so"
 
 
-def build(cxx: str, out: pathlib.Path) -> None:
-  """Compiles ``direct_conv.cc`` into ``out`` (written under a temporary name, then renamed)."""
+def build(cxx: str, out: pathlib.Path, flags: tuple[str, ...] = FLAGS) -> None:
+  """Compiles ``direct_conv.cc`` into ``out`` (written under a temporary name, then renamed).
+
+  Args:
+    cxx: the C++ compiler.
+    out: the library to write.
+    flags: compiler flags (``-march=native`` by default; tests build other targets).
+  """
   out.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
   os.close(fd)
   try:
-    cmd = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", tmp]
+    cmd = [cxx, *flags, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", tmp]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
       raise NativeUnavailable(f"building {SOURCE.name} failed ({' '.join(cmd)}):\n"
