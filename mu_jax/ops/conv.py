@@ -170,8 +170,8 @@ def plan_for(x_shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
     over fewer than 256 and 512 input channels; the input gradient at stride 1 on maps of at
     least 16×16. Everything else keeps the rules above (tiny maps, and on 4×4×512 XLA,
     Winograd's forward and im2col were faster: the kernel's weights leave the L2 cache for
-    every few output pixels). Whole ResNet-18 steps at 128×128 and 64×64 were 20-24% faster
-    with them than without (two runs, per-round A/B; BUILD_NOTES.md).
+    every few output pixels). Whole ResNet-18 steps at 128×128 and 64×64 were 18-24% faster
+    with them than without (three runs, per-round A/B; BUILD_NOTES.md).
 
   Args:
     x_shape: input shape [N, H, W, C_in].
