@@ -35,6 +35,7 @@ import threading
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 from absl import logging
 
@@ -92,8 +93,7 @@ def library_path(cxx: str) -> pathlib.Path:
   version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout
   key = hashlib.sha256()
   for part in (SOURCE.read_bytes(), version.encode(), " ".join(FLAGS).encode(),
-               jax.lib.__version__.encode() if hasattr(jax.lib, "__version__") else b"",
-               jax.__version__.encode(), _cpu_signature().encode()):
+               jaxlib.__version__.encode(), _cpu_signature().encode()):
     key.update(part)
     key.update(b"\0")
   return cache_dir() / f"direct_conv-{key.hexdigest()[:20]}.so"
