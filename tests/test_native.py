@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from mu_jax.ops import conv, native
-from tests.test_ops_conv import _close, _data, _lax_conv, _value_and_grads
+from tests.test_ops_conv import _close, _lax_conv, _value_and_grads
 
 pytestmark = pytest.mark.skipif(not native.available(),
                                 reason=f"direct kernels unavailable: {native.why_unavailable()}")
