@@ -15,7 +15,8 @@ Besides the ratio of medians, the table gives the median of the per-round ratios
 and PyTorch's with a 95% bootstrap interval over rounds, the figure to quote for "faster or not".
 
 ``--layers`` times every ResNet-18 convolution shape instead (forward, input gradient and weight
-gradient separately, each lowering and PyTorch, Winograd's forward for 3×3 stride-1 shapes, and the
+gradient separately, each lowering and PyTorch: XLA, im2col, the direct kernels of
+:mod:`mu_jax.ops.native` where they apply, Winograd's forward for 3×3 stride-1 shapes; and the
 lowering the plan picks), plus the max-pool.
 Single layers mislead about the plan: inside a whole step XLA fuses operand producers into a
 convolution's transposes (see ``mu_jax.ops.conv.plan_for``), so the plan was chosen on steps.
@@ -23,7 +24,7 @@ convolution's transposes (see ``mu_jax.ops.conv.plan_for``), so the plan was cho
 Usage:
   python benchmarks/train_step.py --sizes=128,64,32 --reps=7 --out=train_step.json
   python benchmarks/train_step.py --sizes=128,64 --plans=no-winograd,xla-dw,matmul-dw,matmul-dx
-  python benchmarks/train_step.py --sizes=128,64 --reps=15 --no-xla
+  python benchmarks/train_step.py --sizes=128,64 --reps=15 --no-xla --plans=no-direct
   python benchmarks/train_step.py --layers --sizes=128,64,32 --out=layers.json
 
 In the per-layer table "dx" of the max-pool is its backward including the forward it needs (the
