@@ -167,11 +167,11 @@ def plan_for(x_shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
   * With the direct kernels (``direct``; by default where :mod:`mu_jax.ops.native` built them
     with AVX-512, where they were measured): each pass they can run (:func:`direct_passes`) goes
     to them on maps of at least 8×8, and the forward and weight gradient also on smaller maps
-    over fewer than 256 and 512 input channels; the input gradient at stride 1 on maps of at
-    least 16×16. Everything else keeps the rules above (tiny maps, and on 4×4×512 XLA,
-    Winograd's forward and im2col were faster: the kernel's weights leave the L2 cache for
-    every few output pixels). Whole ResNet-18 steps at 128×128 and 64×64 were 18-24% faster
-    with them than without (three runs, per-round A/B; BUILD_NOTES.md).
+    over fewer than 256 and 512 input channels. Everything else keeps the rules above (tiny
+    maps; on 4×4×512 XLA's Eigen convolutions and Winograd's forward already run near the
+    machine's multiply rate, and the direct weight gradient was slower). Whole ResNet-18 steps
+    at 128×128 and 64×64 were 18-24% faster with them than without (per-round A/B;
+    BUILD_NOTES.md).
 
   Args:
     x_shape: input shape [N, H, W, C_in].
@@ -196,9 +196,9 @@ def plan_for(x_shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
   if not direct or _tiny(x_shape, kernel_shape):
     return plan
   can = direct_passes(x_shape, kernel_shape, stride, jnp.float32)
-  # Small maps over many channels: the kernel's slice of weights leaves the L2 cache for every
-  # few output pixels (4×4×512: 13.6 against 12.4 ms forward for XLA).
-  use = (can[0] and (h * w >= 64 or ci < 256), can[1] and h * w >= 256,
+  # Small maps over many channels: XLA and Winograd are as fast there (4×4×512 forward: 12.0
+  # against 11.3 ms for XLA) and the direct weight gradient is slower (18.5 against 14.4 ms).
+  use = (can[0] and (h * w >= 64 or ci < 256), can[1] and h * w >= 64,
          can[2] and (h * w >= 64 or ci < 512))
   return tuple("direct" if u else p for u, p in zip(use, plan))
 
