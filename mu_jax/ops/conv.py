@@ -170,7 +170,7 @@ def plan_for(x_shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
     over fewer than 256 and 512 input channels. Everything else keeps the rules above (tiny
     maps; on 4×4×512 XLA's Eigen convolutions and Winograd's forward already run near the
     machine's multiply rate, and the direct weight gradient was slower). Whole ResNet-18 steps
-    at 128×128 and 64×64 were 18-24% faster with them than without (per-round A/B;
+    at 128×128 and 64×64 were 18-27% faster with them than without (per-round A/B;
     BUILD_NOTES.md).
 
   Args:
