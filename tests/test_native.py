@@ -129,6 +129,20 @@ def test_bad_plans_name_what_the_kernels_cannot_run():
     native.conv_forward(x.astype(jnp.bfloat16), kernel, 1)
 
 
+def test_the_kernels_refuse_shapes_that_do_not_fit():
+  """The library checks its operands itself: a wrong output shape is an error, not a bad write."""
+  x = jnp.zeros((2, 6, 6, 16), jnp.float32)
+  kernel = jnp.zeros((3, 3, 16, 16), jnp.float32)
+  wrong = jax.ShapeDtypeStruct((2, 5, 4, 16), jnp.float32)  # a valid output is 4×4
+  with pytest.raises(Exception, match="conv_fwd: shapes do not match"):
+    jax.block_until_ready(jax.ffi.ffi_call(native.FORWARD_TARGET, wrong)(
+        x, kernel, stride=np.int64(1)))
+  with pytest.raises(Exception, match="conv_dw: shapes do not match"):
+    jax.block_until_ready(jax.ffi.ffi_call(
+        native.WEIGHT_GRAD_TARGET, jax.ShapeDtypeStruct((3, 3, 16, 16), jnp.float32))(
+            x, jnp.zeros((2, 5, 4, 16), jnp.float32), stride=np.int64(1)))
+
+
 def test_vmap_over_stacked_models_runs_each_member():
   """SISA vmaps a train step over shards, each with its own kernel."""
   rng = np.random.default_rng(3)

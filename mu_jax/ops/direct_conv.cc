@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -99,23 +100,40 @@ void parallel_chunks(ffi::ThreadPool& pool, int64_t total, int64_t threads, cons
   while (state->done.load(std::memory_order_acquire) < total) std::this_thread::yield();
 }
 
-// ---------------------------------------------------------------------------------------------
-// Forward: R output pixels (consecutive in N*H_out*W_out order, so a tile may span rows and
-// images and only the very last tile is short) by V*16 output channels.
-
-struct FwdShape {
+// A convolution's sizes: batch, padded input, kernel, output and stride.
+struct Shape {
   int64_t n, hp, wp, ci, kh, kw, co, ho, wo, s;
 };
 
+// The sizes of x [N, H_p, W_p, C_in], w [KH, KW, C_in, C_out] and y [N, H_out, W_out, C_out]
+// (dims in that order), or an error naming what does not fit.
+ffi::Error shape_of(const char* name, ffi::Span<const int64_t> xd, ffi::Span<const int64_t> wd,
+                    ffi::Span<const int64_t> yd, int64_t stride, Shape* d) {
+  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4)
+    return ffi::Error::InvalidArgument(std::string(name) +
+                                       ": operands must be rank 4 (NHWC, HWIO)");
+  *d = Shape{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], yd[1], yd[2], stride};
+  if (wd[2] != d->ci || yd[0] != d->n || yd[3] != d->co || d->co % 16 != 0 || stride < 1 ||
+      d->ho != (d->hp - d->kh) / stride + 1 || d->wo != (d->wp - d->kw) / stride + 1)
+    return ffi::Error::InvalidArgument(std::string(name) +
+                                       ": shapes do not match a valid convolution with C_out a "
+                                       "multiple of 16");
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward: R output pixels (consecutive in N*H_out*W_out order, so a tile may span rows and
+// images and only the very last tile is short) by V vectors of output channels.
+
 // Offset of output pixel p's receptive field (its top-left tap) in the padded input.
-inline int64_t fwd_origin(const FwdShape& d, int64_t p) {
+inline int64_t fwd_origin(const Shape& d, int64_t p) {
   const int64_t n = p / (d.ho * d.wo), q = p % (d.ho * d.wo);
   return ((n * d.hp + (q / d.wo) * d.s) * d.wp + (q % d.wo) * d.s) * d.ci;
 }
 
 // Taps [k0, k1) of every kernel row for R output pixels starting at p, onto y (or from zero).
 template <int R, int V>
-inline void fwd_tile(const FwdShape& d, const float* x, int64_t p, const float* w, int64_t k0,
+inline void fwd_tile(const Shape& d, const float* x, int64_t p, const float* w, int64_t k0,
                      int64_t k1, bool first, float* y) {
   const float* xb[R];
 #pragma GCC unroll 16
@@ -151,7 +169,7 @@ inline void fwd_tile(const FwdShape& d, const float* x, int64_t p, const float* 
 // Pixels [p0, p1) of the output, channels of one V-block (w and y point at its first channel),
 // taps [k0, k1) of every kernel row.
 template <int V>
-void fwd_pixels(const FwdShape& d, const float* x, int64_t p0, int64_t p1, const float* w,
+void fwd_pixels(const Shape& d, const float* x, int64_t p0, int64_t p1, const float* w,
                 int64_t k0, int64_t k1, bool first, float* y) {
   constexpr int R = tile_rows<V>();
   int64_t p = p0;
@@ -169,14 +187,10 @@ void fwd_pixels(const FwdShape& d, const float* x, int64_t p0, int64_t p1, const
 
 ffi::Error ConvFwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                        ffi::ResultBuffer<ffi::F32> y, int64_t stride) {
-  auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
-  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4)
-    return ffi::Error::InvalidArgument("conv_fwd: operands must be rank 4 (NHWC, HWIO)");
-  FwdShape d{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], yd[1], yd[2], stride};
-  if (wd[2] != d.ci || yd[0] != d.n || yd[3] != d.co || d.co % 16 != 0 || stride < 1 ||
-      d.ho != (d.hp - d.kh) / stride + 1 || d.wo != (d.wp - d.kw) / stride + 1)
-    return ffi::Error::InvalidArgument("conv_fwd: shapes do not match a valid convolution "
-                                       "with C_out a multiple of 16");
+  Shape d;
+  ffi::Error error =
+      shape_of("conv_fwd", x.dimensions(), w.dimensions(), y->dimensions(), stride, &d);
+  if (error.failure()) return error;
   const float* xp = x.typed_data();
   const float* wp = w.typed_data();
   float* yp = y->typed_data();
@@ -214,14 +228,11 @@ ffi::Error ConvFwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
 // Weight gradient: KB consecutive taps k (of one kernel row) by V*16 output channels, summed
 // over a run of output pixels.
 
-struct DwShape {
-  int64_t n, hp, wp, ci, kh, kw, co, ho, wo, s;
-};
 
 // Output rows [r0, r1) in N*H_out order; x points at kernel row a's tap k of the padded input's
 // first element, dy at the V-block's first channel, acc at dw[a, k, block].
 template <int KB, int V>
-inline void dw_tile(const DwShape& d, const float* x, const float* dy, int64_t r0, int64_t r1,
+inline void dw_tile(const Shape& d, const float* x, const float* dy, int64_t r0, int64_t r1,
                     float* acc_out) {
   vec acc[KB][V];
 #pragma GCC unroll 16
@@ -255,7 +266,7 @@ inline void dw_tile(const DwShape& d, const float* x, const float* dy, int64_t r
 // One tile of dw: kernel row a, taps [k, k + width) of its KW*C_in, one V-block of channels,
 // summed over output rows [r0, r1) onto what dw holds there.
 template <int V>
-void dw_tile_at(const DwShape& d, const float* x, const float* dy, int64_t a, int64_t k,
+void dw_tile_at(const Shape& d, const float* x, const float* dy, int64_t a, int64_t k,
                 int64_t width, int64_t block, int64_t r0, int64_t r1, float* dw) {
   constexpr int KB = tile_rows<V>();
   const float* xa = x + a * d.wp * d.ci + k;
@@ -273,14 +284,10 @@ void dw_tile_at(const DwShape& d, const float* x, const float* dy, int64_t a, in
 
 ffi::Error ConvDwImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                       ffi::ResultBuffer<ffi::F32> dw, int64_t stride) {
-  auto xd = x.dimensions(), gd = dy.dimensions(), wd = dw->dimensions();
-  if (xd.size() != 4 || gd.size() != 4 || wd.size() != 4)
-    return ffi::Error::InvalidArgument("conv_dw: operands must be rank 4 (NHWC, HWIO)");
-  DwShape d{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], gd[1], gd[2], stride};
-  if (wd[2] != d.ci || gd[0] != d.n || gd[3] != d.co || d.co % 16 != 0 || stride < 1 ||
-      d.ho != (d.hp - d.kh) / stride + 1 || d.wo != (d.wp - d.kw) / stride + 1)
-    return ffi::Error::InvalidArgument("conv_dw: shapes do not match a valid convolution "
-                                       "with C_out a multiple of 16");
+  Shape d;
+  ffi::Error error = shape_of("conv_dw", x.dimensions(), dw->dimensions(), dy.dimensions(), stride,
+                              &d);
+  if (error.failure()) return error;
   const float* xp = x.typed_data();
   const float* gp = dy.typed_data();
   float* out = dw->typed_data();
