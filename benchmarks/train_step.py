@@ -166,7 +166,7 @@ _DEFAULT_PLAN = conv_ops.plan_for
 def _alt_plan(change):
   def plan(x_shape, kernel_shape, stride, eigen_convolutions=None, direct=None):
     default = _DEFAULT_PLAN(x_shape, kernel_shape, stride, eigen_convolutions, direct)
-    tiny = x_shape[1] * x_shape[2] <= 4 and kernel_shape[0] * kernel_shape[1] > 1
+    tiny = conv_ops._tiny(x_shape, kernel_shape)  # pylint: disable=protected-access
     if tiny or x_shape[3] < 16:
       return default
     return change(default, stride)

@@ -31,6 +31,7 @@
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -56,6 +57,17 @@ inline void store(float* p, vec v) { *reinterpret_cast<vec_u*>(p) = v; }
 // channels: R*V accumulators, V vectors of the streamed operand and one broadcast in registers.
 template <int V>
 constexpr int tile_rows() { return std::min(14, (kRegisters - 1 - V) / V); }
+
+// Calls fn with n (1 <= n <= max_rows) as a compile-time std::integral_constant<int, n>: a tile
+// of fewer rows than the full one (a forward's last pixels, a weight gradient's last taps).
+template <typename Fn, int... N>
+void with_rows_in(int64_t n, const Fn& fn, std::integer_sequence<int, N...>) {
+  ((n == N + 1 ? fn(std::integral_constant<int, N + 1>{}) : void()), ...);
+}
+template <int max_rows, typename Fn>
+void with_rows(int64_t n, const Fn& fn) {
+  with_rows_in(n, fn, std::make_integer_sequence<int, max_rows>{});
+}
 
 // Calls fn with the widest block of channel vectors that divides C_out (64 channels with AVX-512,
 // 16 otherwise; C_out is a multiple of 16) as a compile-time std::integral_constant<int, V>.
@@ -174,15 +186,8 @@ void fwd_pixels(const Shape& d, const float* x, int64_t p0, int64_t p1, const fl
   constexpr int R = tile_rows<V>();
   int64_t p = p0;
   for (; p + R <= p1; p += R) fwd_tile<R, V>(d, x, p, w, k0, k1, first, y);
-  switch (p1 - p) {  // fewer than R pixels left
-    case 0: break;
-#define MU_JAX_TAIL(k) case k: fwd_tile<(k < R ? k : 1), V>(d, x, p, w, k0, k1, first, y); break;
-    MU_JAX_TAIL(1) MU_JAX_TAIL(2) MU_JAX_TAIL(3) MU_JAX_TAIL(4) MU_JAX_TAIL(5) MU_JAX_TAIL(6)
-    MU_JAX_TAIL(7) MU_JAX_TAIL(8) MU_JAX_TAIL(9) MU_JAX_TAIL(10) MU_JAX_TAIL(11)
-    MU_JAX_TAIL(12) MU_JAX_TAIL(13)
-#undef MU_JAX_TAIL
-    default: break;
-  }
+  // Fewer than R pixels left.
+  with_rows<R - 1>(p1 - p, [&](auto rows) { fwd_tile<rows, V>(d, x, p, w, k0, k1, first, y); });
 }
 
 ffi::Error ConvFwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
@@ -272,14 +277,7 @@ void dw_tile_at(const Shape& d, const float* x, const float* dy, int64_t a, int6
   const float* xa = x + a * d.wp * d.ci + k;
   const float* gb = dy + block * kLanes * V;
   float* acc = dw + (a * d.kw * d.ci + k) * d.co + block * kLanes * V;
-  switch (width) {
-#define MU_JAX_TAP(t) case t: dw_tile<(t <= KB ? t : 1), V>(d, xa, gb, r0, r1, acc); break;
-    MU_JAX_TAP(1) MU_JAX_TAP(2) MU_JAX_TAP(3) MU_JAX_TAP(4) MU_JAX_TAP(5) MU_JAX_TAP(6)
-    MU_JAX_TAP(7) MU_JAX_TAP(8) MU_JAX_TAP(9) MU_JAX_TAP(10) MU_JAX_TAP(11) MU_JAX_TAP(12)
-    MU_JAX_TAP(13) MU_JAX_TAP(14)
-#undef MU_JAX_TAP
-    default: break;
-  }
+  with_rows<KB>(width, [&](auto taps) { dw_tile<taps, V>(d, xa, gb, r0, r1, acc); });
 }
 
 ffi::Error ConvDwImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
