@@ -13,12 +13,12 @@ import json
 import os
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from mu_jax import benchmark, runner
-from mu_jax.evaluation import plots, report
-from mu_jax.methods import registry
+from mu_jax import cli
+from mu_jax import experiment as engine
+from mu_jax.pipelines import benchmark
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "A new directory for the run.")
@@ -29,29 +29,25 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
   if os.path.exists(os.path.join(_WORKDIR.value, "config.json")):
     raise app.UsageError(f"{_WORKDIR.value} already holds a run; give a new --workdir")
-  names = registry.parse_methods(_METHODS.value)
   stages = []
   t = time.perf_counter()
-  exp = runner.Experiment.create(_CONFIG.value, _WORKDIR.value)
+  exp = engine.Experiment.create(_CONFIG.value, _WORKDIR.value, methods=_METHODS.value)
   stages.append({"stage": "data + workdir", "call_s": time.perf_counter() - t})
-  for stage in runner.STAGES:
+  for stage in engine.TRAINED:
     t = time.perf_counter()
     rec = exp.train_stage(stage, progress=False)
     stages.append({"stage": stage, "call_s": time.perf_counter() - t, "train_s": rec["wall_s"],
                    "compile_s": rec["compile_s"], "examples": rec["examples"]})
-  for name in names:
+  for method in exp.selected:
     t = time.perf_counter()
-    rec = exp.unlearn_stage(name)
-    stages.append({"stage": name, "call_s": time.perf_counter() - t, "train_s": rec["wall_s"],
+    rec = exp.unlearn_stage(method)
+    stages.append({"stage": method.name, "call_s": time.perf_counter() - t, "train_s": rec["wall_s"],
                    "compile_s": rec["compile_s"], "examples": rec["examples"]})
   t = time.perf_counter()
-  rows, outputs = benchmark.evaluate_workdir(exp, names)
-  results = os.path.join(exp.workdir, "results")
-  report.write_results(results, rows, config=exp.config, manifest_hash=exp.dataset.manifest.content_hash)
-  plots.write_plots(results, outputs, rows)
+  rows, outputs = benchmark.evaluate_stages(exp, [exp.method_stage(m) for m in exp.selected])
+  benchmark.write_tables(exp, os.path.join(exp.path, "results"), rows, outputs)
   stages.append({"stage": "evaluation", "call_s": time.perf_counter() - t})
   total = sum(s["call_s"] for s in stages)
   print(f"{'stage':>18} {'call s':>8} {'train s':>8} {'compile s':>9} {'examples':>9}")
@@ -65,4 +61,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

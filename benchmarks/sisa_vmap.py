@@ -30,10 +30,12 @@ from absl import app, flags, logging  # noqa: E402
 from flax import serialization  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from mu_jax import sisa  # noqa: E402
+from mu_jax import runtime, sisa  # noqa: E402
 from mu_jax.data import loader  # noqa: E402
 from mu_jax.models import create_model  # noqa: E402
 from mu_jax.training import fit  # noqa: E402
+
+runtime.configure_cpu()  # the settings the experiment scripts make, before XLA starts
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "..", "experiments", "configs",

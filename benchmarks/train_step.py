@@ -53,6 +53,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mu_jax import parallel, runtime  # noqa: E402
+
+runtime.configure_cpu()  # the settings the experiment scripts make, before XLA starts
 from mu_jax.models import create_model  # noqa: E402
 from mu_jax.ops import conv as conv_ops, native  # noqa: E402
 from mu_jax.training import fit, steps  # noqa: E402

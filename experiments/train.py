@@ -3,6 +3,7 @@
   python -m experiments.train --config=experiments/configs/synthetic.py:runlocal --workdir=/tmp/w
 
 Running the same command again resumes from the latest checkpoint; finished stages are skipped.
+Prints one line per stage: examples, training seconds and its directory.
 
 On several hosts run one process per host, every one with the same flags and a workdir on a file
 system they share, plus ``--distributed`` (arguments auto-detected on TPU pods and SLURM) or, e.g.
@@ -10,14 +11,13 @@ on two CPU machines:
 
   python -m experiments.train ... --distributed --coordinator_address=host0:1234 \
       --num_processes=2 --process_id=0     # and --process_id=1 on the other host
-
-Process 0 writes the workdir's files; orbax writes each checkpoint from all processes together.
 """
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from mu_jax import parallel, runner
+from mu_jax import cli, parallel
+from mu_jax.experiment import Experiment
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
@@ -37,11 +37,11 @@ def main(argv):
     parallel.init_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif any(f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)):
     raise app.UsageError("--coordinator_address, --num_processes and --process_id need --distributed")
-  exp = runner.Experiment.create(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+  exp = Experiment.create(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
   for stage in _STAGES.value:
     rec = exp.train_stage(stage)
-    print(f"{stage}: {rec['examples']} examples in {rec['wall_s']:.1f} s -> {exp.stage_dir(stage)}")
+    print(f"{stage}: {rec['examples']} examples in {rec['wall_s']:.1f} s -> {exp.trained_stage(stage).dir}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

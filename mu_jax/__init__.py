@@ -1,8 +1,8 @@
-"""mu_jax: machine unlearning for face recognition in JAX/Flax."""
+"""mu_jax: machine unlearning for face recognition in JAX/Flax.
 
-from mu_jax import runtime as _runtime
+Importing mu_jax changes nothing in the process. For mu_jax's CPU speed-ups (an XLA flag, the
+allocator, its convolution kernels) call :func:`mu_jax.runtime.configure_cpu` before anything
+starts XLA; the experiment scripts do.
+"""
 
-__version__ = "0.1.0"
-
-# Process-wide CPU settings (XLA flag, allocator) must precede XLA's start: see mu_jax/runtime.py.
-_runtime.configure()
+__version__ = "0.2.0"

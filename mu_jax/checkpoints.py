@@ -1,14 +1,15 @@
-"""The workdir layout over orbax: checkpoints that are complete or absent, and the run's record.
+"""The workdir's files over orbax: checkpoints that are complete or absent, and the run's record.
 
 ```
-WORKDIR/config.json  manifest.json
+WORKDIR/config.json  manifest.json  workdir.json
 WORKDIR/<stage>/checkpoints/<step>/   orbax CheckpointManager (atomic: written to a temp dir, renamed)
 WORKDIR/<stage>/checkpoints/deleted/  steps being deleted (renamed here first, then removed)
 WORKDIR/<stage>/metrics.jsonl         one JSON object per epoch
-WORKDIR/<stage>/done.json             written last: the stage finished (wall time, examples)
+WORKDIR/<stage>/done.json             written last: the stage finished (identity, wall time, examples)
 WORKDIR/<stage>/outputs/<split>.npz   per-example outputs
 ```
-``stage`` is ``original``, ``retrained``, ``unlearned/<method>`` or ``sisa``.
+``<stage>`` is a stage directory of :mod:`mu_jax.experiment` (``original-<hash>``,
+``unlearned/<method>-<hash>``, ...); ``docs/workdir.md`` has the whole layout.
 """
 
 from __future__ import annotations
@@ -34,10 +35,6 @@ class CheckpointError(RuntimeError):
 
 class WorkdirError(RuntimeError):
   """A workdir made by another config, or in an unusable state."""
-
-
-def stage_dir(workdir: str, stage: str) -> str:
-  return os.path.join(workdir, stage)
 
 
 @contextlib.contextmanager

@@ -1,8 +1,11 @@
-"""Process-wide CPU settings that mu_jax applies once, when it is first imported.
+"""Process-wide CPU settings, switched on by one explicit call: :func:`configure_cpu`.
 
-Both only take effect if they are made before XLA starts (its flags are read once, its threads
-take malloc arenas from their first allocation), which is why they live here and not in a
-function a script calls later:
+``import mu_jax`` changes nothing in the process: importing a library must not change how the
+user's other JAX code runs. The experiment scripts call :func:`configure_cpu` first thing; a
+library user who wants the same speed on the CPU calls it before anything starts XLA (before the
+first array is made). It does three things, the first two of which only take effect if made
+before XLA starts (its flags are read once, its threads take malloc arenas from their first
+allocation):
 
 * **Convolutions through Eigen, matmuls through YNNPACK** (on by default). JAX 0.10's CPU backend
   hands convolutions to YNNPACK; for the weight gradient of a convolution (a convolution whose
@@ -22,7 +25,12 @@ function a script calls later:
   shares one malloc lock, and the synthetic main job's training took 24 instead of 17 s. Hence
   opt-in, for training on 64×64 images and larger.
 
-``MU_JAX_CPU_TUNING=0`` in the environment turns both off. Whether the flag could still be
+* **mu_jax's convolution lowerings** (:mod:`mu_jax.ops.conv`: per-pass plans and the native
+  direct kernels on the CPU) are installed behind the model layers' one convolution hook
+  (:func:`mu_jax.models.layers.set_convolution`). Without this call the layers run plain
+  ``lax.conv_general_dilated`` and ``lax.reduce_window``.
+
+``MU_JAX_CPU_TUNING=0`` in the environment turns the first two off. Whether the flag could still be
 applied is recorded in :data:`EIGEN_CONVOLUTIONS`, which :mod:`mu_jax.ops.conv` reads to choose
 its lowering (the choice depends on which library runs XLA's convolutions).
 Measurements: ``benchmarks/train_step.py`` and BUILD_NOTES.md.
@@ -141,12 +149,32 @@ def keep_freed_memory() -> bool:
   return all([libc.mallopt(param, value) == 1 for param, value in settings])
 
 
-def configure() -> None:
-  """Applies the settings asked for; called once by ``import mu_jax``."""
-  global EIGEN_CONVOLUTIONS, FREED_MEMORY_KEPT
-  if enabled():
-    EIGEN_CONVOLUTIONS = route_convolutions_to_eigen()
-    if _switch(MEMORY_SWITCH, False):
-      FREED_MEMORY_KEPT = keep_freed_memory()
-  else:
-    EIGEN_CONVOLUTIONS = EIGEN_CONV_FLAG in os.environ.get("XLA_FLAGS", "").split()
+CONFIGURED = False
+
+
+def configure_cpu() -> dict[str, bool]:
+  """Applies mu_jax's CPU settings (see the module docstring); later calls change nothing.
+
+  Call it before anything starts XLA. Called later, the XLA flag and the allocator settings can no
+  longer take effect (they are then reported as not applied) and only the convolution hook is
+  installed.
+
+  Returns:
+    {"eigen_convolutions", "freed_memory_kept", "convolution_hook"}: what is in effect.
+  """
+  global CONFIGURED, EIGEN_CONVOLUTIONS, FREED_MEMORY_KEPT
+  if not CONFIGURED:
+    if enabled():
+      EIGEN_CONVOLUTIONS = route_convolutions_to_eigen()
+      if _switch(MEMORY_SWITCH, False):
+        FREED_MEMORY_KEPT = keep_freed_memory()
+    else:
+      EIGEN_CONVOLUTIONS = EIGEN_CONV_FLAG in os.environ.get("XLA_FLAGS", "").split()
+    # Imported here: the hook's implementation pulls in the native kernels' builder, which a
+    # process that never configures the CPU does not need.
+    from mu_jax.models import layers  # pylint: disable=import-outside-toplevel
+    from mu_jax.ops import conv  # pylint: disable=import-outside-toplevel
+    layers.set_convolution(conv.conv2d, conv.max_pool)
+    CONFIGURED = True
+  return {"eigen_convolutions": EIGEN_CONVOLUTIONS, "freed_memory_kept": FREED_MEMORY_KEPT,
+          "convolution_hook": CONFIGURED}

@@ -7,6 +7,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402  (must follow the XLA flags)
 
+from mu_jax import runtime  # noqa: E402
+
+# The settings the experiment scripts make, so that in-process results equal the scripts'.
+runtime.configure_cpu()
+
 jax.config.update("jax_disable_most_optimizations", True)
 
 import pytest  # noqa: E402

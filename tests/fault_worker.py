@@ -9,8 +9,8 @@ other. EU-k is the method because it needs everything a resume has to restore: t
 checkpoints), SGD momentum (optimizer state) and re-initialised layers drawn from the run's key.
 
 ``KILL_POINT`` (``WHEN:REL[:N]``) makes the process SIGKILL itself in the middle of the N-th
-(default: first) checkpoint write under ``WORKDIR/REL``, where a kill from outside would land only
-by luck:
+(default: first) checkpoint write under ``WORKDIR/REL`` (REL may hold ``*``: stage directories end
+in their identity's hash), where a kill from outside would land only by luck:
 
 * ``create``: right after orbax created the step's temporary directory (holding only its
   metadata file);
@@ -21,6 +21,7 @@ The worker writes nothing itself; everything it leaves is what the library write
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import signal
 import sys
@@ -62,7 +63,7 @@ def arm(workdir: str, kill_point: str) -> None:
   when, rel, *nth = kill_point.split(":")
   if when not in ("create", "finalize"):
     raise ValueError(f"kill point must be create:REL[:N] or finalize:REL[:N], got {kill_point!r}")
-  target = os.path.realpath(os.path.join(workdir, rel))
+  target = os.path.join(os.path.realpath(workdir), rel)
   remaining = [int(nth[0]) if nth else 1]
   cls = atomicity.AtomicRenameTemporaryPath
   real = getattr(cls, when)
@@ -70,7 +71,7 @@ def arm(workdir: str, kill_point: str) -> None:
   def maybe_kill(tmp_path) -> None:
     # A step is written as STEP.orbax-checkpoint-tmp/ holding ITEM.orbax-checkpoint-tmp/; only the
     # outer directory sits in ``target``.
-    if os.path.realpath(os.path.dirname(str(tmp_path))) == target:
+    if fnmatch.fnmatchcase(os.path.realpath(os.path.dirname(str(tmp_path))), target):
       remaining[0] -= 1
       if remaining[0] == 0:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -89,8 +90,8 @@ def arm(workdir: str, kill_point: str) -> None:
 
 def run(workdir: str) -> None:
   """Trains (or resumes) the original model, then runs (or resumes) :data:`METHOD`."""
-  from mu_jax import runner
-  exp = runner.Experiment.create(config(), workdir)
+  from mu_jax import experiment
+  exp = experiment.Experiment.create(config(), workdir)
   exp.train_stage("original", progress=False)
   exp.unlearn_stage(METHOD)
 

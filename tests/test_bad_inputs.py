@@ -1,7 +1,7 @@
 """Bad inputs are refused with an error that names them, before anything is written.
 
 Covers what the reader and method tests do not: config values out of range and data requests
-that cannot be served, through ``runner.Experiment.create`` (what every experiment script calls
+that cannot be served, through ``experiment.Experiment.create`` (what every experiment script calls
 first), on a new workdir (nothing may be created in it) and on an existing one (nothing may
 change); an unknown method name through ``experiments.benchmark``; a corrupt image in a MUFAC copy
 through ``experiments.inspect_data``. BUILD_NOTES.md lists the bad inputs tested elsewhere.
@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from mu_jax import runner
+from mu_jax import experiment
 from mu_jax.data import loader
 from mu_jax.data.splits import DataError
 from mu_jax.methods import registry
@@ -67,7 +67,7 @@ def test_a_bad_config_is_refused_before_the_workdir_is_made(case, tmp_path):
   over, error, match = BAD[case]
   wd = tmp_path / "wd"
   with pytest.raises(error, match=match):
-    runner.Experiment.create(_config(**over), str(wd))
+    experiment.Experiment.create(_config(**over), str(wd))
   assert not wd.exists(), sorted(os.listdir(wd))
 
 
@@ -75,7 +75,7 @@ def test_forgetting_every_training_person_is_refused(tmp_path):
   n = _train_persons()
   with pytest.raises(DataError, match=f"takes {n} of {n} train identities: nothing would be "
                      "retained"):
-    runner.Experiment.create(_config(forget__count=n), str(tmp_path / "wd"))
+    experiment.Experiment.create(_config(forget__count=n), str(tmp_path / "wd"))
   assert not (tmp_path / "wd").exists()
 
 
@@ -91,13 +91,13 @@ def _snapshot(root):
 
 def test_a_refused_run_leaves_an_existing_workdir_byte_identical(tmp_path):
   wd = str(tmp_path / "wd")
-  runner.Experiment.create(_config(), wd)
+  experiment.Experiment.create(_config(), wd)
   before = _snapshot(wd)
-  assert set(before) == {"config.json", "manifest.json"}
+  assert set(before) == {"config.json", "manifest.json", "workdir.json"}
   for case in ("negative lr", "unknown model", "unlearn batch size 0", "empty forget set"):
     over, error, match = BAD[case]
     with pytest.raises(error, match=match):
-      runner.Experiment.create(_config(**over), wd, overwrite=True)  # not even with --overwrite
+      experiment.Experiment.create(_config(**over), wd, overwrite=True)  # not even with --overwrite
     assert _snapshot(wd) == before, case
 
 
@@ -109,12 +109,12 @@ def _run(args):
 
 
 def test_an_unknown_method_is_refused_before_anything_runs(tmp_path):
-  with pytest.raises(KeyError, match=r"unknown methods \['scurb'\]"):
+  with pytest.raises(KeyError, match="unknown method 'scurb'"):
     registry.parse_methods("finetune,scurb")
   wd = tmp_path / "wd"
   rc, out = _run(["experiments.benchmark", "--config=experiments/configs/synthetic.py:runlocal",
                   f"--workdir={wd}", "--methods=finetune,scurb"])
-  assert rc != 0 and "unknown methods ['scurb']; methods are: all, finetune" in out, out[-2000:]
+  assert rc == 2 and "unknown method 'scurb'; methods are: all, finetune" in out, out[-2000:]
   assert not wd.exists()
 
 

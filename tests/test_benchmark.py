@@ -5,7 +5,9 @@ import os
 
 import pytest
 
-from mu_jax import audit, benchmark, checkpoints, runner
+from mu_jax import audit, checkpoints, experiment
+from mu_jax.models import create_model
+from mu_jax.pipelines import benchmark
 from tests import helpers
 
 
@@ -32,11 +34,15 @@ def test_benchmark_writes_every_result_file(finished):
               "mia_forgetting_score", "nomus", "mia_auroc", "mia_tpr_at_1pct_fpr",
               "kl_to_retrained_forget", "js_to_retrained_forget", "wall_s", "examples", "cost_vs_retrain"):
     assert all(key in r for r in data["rows"]), key
-  for stage in ("original", "retrained", "unlearned/finetune", "unlearned/neggrad"):
+  stages = [r["stage"] for r in data["rows"]]
+  assert [s.rsplit("-", 1)[0] for s in stages] == ["original", "retrained", "unlearned/finetune",
+                                                   "unlearned/neggrad"]
+  for stage in stages:
     for split in ("train", "retain", "forget", "test", "unseen"):
       o = checkpoints.load_outputs(os.path.join(wd, stage, "outputs"), split)
       assert set(o) == {"logits", "loss", "label", "identity", "example_id"}
-  assert "| Test Acc |" in out["table"]
+  assert data["rows"][2]["hparams"] == {"lr": 0.001, "epochs": 2, "momentum": 0.0}
+  assert "| Test Acc (↑) |" in out["table"]
 
 
 def test_every_request_has_one_complete_audit_line(finished):
@@ -63,15 +69,15 @@ def test_workdir_of_another_config_is_refused(finished):
   other = tiny_config()
   other["train"]["lr"] = 0.5
   with pytest.raises(checkpoints.WorkdirError, match="another config"):
-    runner.Experiment.create(other, wd)
+    experiment.Experiment.create(other, wd)
 
 
 def test_checkpoint_of_another_model_is_refused(finished):
   wd, _, _ = finished
   cfg = tiny_config()
   cfg["model"]["width"] = 8
-  exp = runner.Experiment(cfg, wd, runner.Experiment.create(tiny_config(), wd).dataset,
-                          runner.create_model("small_cnn", 8, width=8))
+  exp = experiment.Experiment.create(tiny_config(), wd)
+  exp.model = create_model("small_cnn", 8, width=8)
   with pytest.raises(checkpoints.CheckpointError, match="another model"):
     exp.load_state("original")
 

@@ -30,13 +30,21 @@ import orbax.checkpoint as ocp
 import pytest
 from orbax.checkpoint._src.path import atomicity
 
-from mu_jax import audit, checkpoints, runner
+from mu_jax import audit, checkpoints, experiment
 from tests import fault_worker, unlink_kill_worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = int(os.environ.get("MU_FAULT_SEED", "20261122"))
-STAGE = f"unlearned/{fault_worker.METHOD}"
+STAGE = f"unlearned/{fault_worker.METHOD}-*"
+ORIGINAL = "original-*"
 TMP_GLOB = "*.orbax-checkpoint-tmp*"
+
+
+def _at(root, stage, *rest):
+  """``root/<the stage matching the pattern>/rest``; the pattern itself while no stage matches yet."""
+  found = glob.glob(os.path.join(root, stage))
+  assert len(found) <= 1, found
+  return os.path.join(found[0] if found else os.path.join(root, stage), *rest)
 
 
 def _env(cache_dir):
@@ -114,13 +122,13 @@ def chain(processes, reference):
       # (what, command, kill_when, delay); the last run is not killed.
       (f"experiments.train, killed {delay:.3f} s after checkpoint {k_train} was complete",
        script("train", "--stages=original"),
-       lambda: len(_complete_steps(os.path.join(wd, "original", "checkpoints"))) >= k_train, delay),
+       lambda: len(_complete_steps(_at(wd, ORIGINAL, "checkpoints"))) >= k_train, delay),
       ("killed inside a training checkpoint write, after its files, before its rename",
-       worker + ["finalize:original/checkpoints"], None, 0.0),
+       worker + [f"finalize:{ORIGINAL}/checkpoints"], None, 0.0),
       (f"killed inside unlearning checkpoint write {k_method} ({when})",
        worker + [f"{when}:{STAGE}/checkpoints:{k_method}"], None, 0.0),
       ("killed once the unlearned model's final/0 was saved, before its done.json",
-       worker, lambda: os.path.isdir(os.path.join(wd, STAGE, "final", "0")), 0.0),
+       worker, lambda: os.path.isdir(_at(wd, STAGE, "final", "0")), 0.0),
       ("experiments.unlearn, to the end",
        script("unlearn", f"--method={fault_worker.METHOD}"), None, 0.0),
   ]
@@ -130,8 +138,8 @@ def chain(processes, reference):
     want = 0 if i == len(runs) - 1 else -9
     assert rc == want, f"run {i} ({what}; MU_FAULT_SEED={SEED}) ended with {rc}, not {want}\n{tail}"
     seen.append({"what": what, "tmp_dirs": _tmp_dirs(wd),
-                 "original_steps": _complete_steps(os.path.join(wd, "original", "checkpoints")),
-                 "method_steps": _complete_steps(os.path.join(wd, STAGE, "checkpoints"))})
+                 "original_steps": _complete_steps(_at(wd, ORIGINAL, "checkpoints")),
+                 "method_steps": _complete_steps(_at(wd, STAGE, "checkpoints"))})
   return wd, seen
 
 
@@ -159,24 +167,24 @@ def test_a_half_written_checkpoint_is_never_taken_for_a_checkpoint(chain):
 def test_killed_training_resumes_to_the_uninterrupted_state_bit_for_bit(chain, reference):
   wd, _ = chain
   assert not _tmp_dirs(wd), "a resumed run left orbax temporary directories behind"
-  ckpt = lambda root: os.path.join(root, "original", "checkpoints")
+  ckpt = lambda root: _at(root, ORIGINAL, "checkpoints")
   assert _complete_steps(ckpt(wd)) == _complete_steps(ckpt(reference))
   # The whole train state: parameters, BN statistics, momentum buffers and the step.
   chex.assert_trees_all_equal(_saved(ckpt(wd)), _saved(ckpt(reference)))
-  assert checkpoints.read_json(os.path.join(wd, "original", "done.json"))["resumed_from_epoch"] > 0
+  assert checkpoints.read_json(_at(wd, ORIGINAL, "done.json"))["resumed_from_epoch"] > 0
   # Every epoch logged once, with the numbers of the uninterrupted run.
-  assert (_metric_rows(os.path.join(wd, "original", "metrics.jsonl"))
-          == _metric_rows(os.path.join(reference, "original", "metrics.jsonl")))
+  assert (_metric_rows(_at(wd, ORIGINAL, "metrics.jsonl"))
+          == _metric_rows(_at(reference, ORIGINAL, "metrics.jsonl")))
 
 
 def test_killed_unlearning_resumes_to_the_uninterrupted_model_bit_for_bit(chain, reference):
   wd, _ = chain
   for sub in ("checkpoints", "final"):  # the driver's state and aux, the saved model
-    chex.assert_trees_all_equal(_saved(os.path.join(wd, STAGE, sub)),
-                                _saved(os.path.join(reference, STAGE, sub)))
-  assert (_metric_rows(os.path.join(wd, STAGE, "metrics.jsonl"))
-          == _metric_rows(os.path.join(reference, STAGE, "metrics.jsonl")))
-  outputs = lambda root, split: checkpoints.load_outputs(os.path.join(root, STAGE, "outputs"), split)
+    chex.assert_trees_all_equal(_saved(_at(wd, STAGE, sub)),
+                                _saved(_at(reference, STAGE, sub)))
+  assert (_metric_rows(_at(wd, STAGE, "metrics.jsonl"))
+          == _metric_rows(_at(reference, STAGE, "metrics.jsonl")))
+  outputs = lambda root, split: checkpoints.load_outputs(_at(root, STAGE, "outputs"), split)
   for split in ("forget", "test"):
     chex.assert_trees_all_equal(outputs(wd, split), outputs(reference, split))
 
@@ -207,8 +215,8 @@ def _check_disk_full_error(error, directory, kept):
 
 def test_a_simulated_write_error_keeps_the_previous_checkpoint_and_resumes(tmp_path, monkeypatch,
                                                                            reference):
-  exp = runner.Experiment.create(fault_worker.config(), str(tmp_path / "wd"))
-  ckpt = os.path.join(exp.stage_dir("original"), "checkpoints")
+  exp = experiment.Experiment.create(fault_worker.config(), str(tmp_path / "wd"))
+  ckpt = os.path.join(exp.trained_stage("original").dir, "checkpoints")
   real = atomicity.AtomicRenameTemporaryPath.finalize
   calls = {"n": 0}
 
@@ -229,9 +237,9 @@ def test_a_simulated_write_error_keeps_the_previous_checkpoint_and_resumes(tmp_p
   _check_disk_full_error(error, ckpt, kept=steps_per_epoch)
   # There is room again: the same call resumes from epoch 1 and ends where the reference did.
   assert exp.train_stage("original", progress=False)["resumed_from_epoch"] == 1
-  ref = os.path.join(reference, "original")
+  ref = _at(reference, ORIGINAL)
   chex.assert_trees_all_equal(_saved(ckpt), _saved(os.path.join(ref, "checkpoints")))
-  assert (_metric_rows(os.path.join(exp.stage_dir("original"), "metrics.jsonl"))
+  assert (_metric_rows(os.path.join(exp.trained_stage("original").dir, "metrics.jsonl"))
           == _metric_rows(os.path.join(ref, "metrics.jsonl")))
 
 
@@ -267,7 +275,7 @@ def _fill(directory):
 def test_a_full_tmpfs_keeps_the_previous_checkpoint_and_saves_once_there_is_room(small_tmpfs,
                                                                                  reference):
   # A real train state (momentum and step included), written by orbax on a 2 MB file system.
-  state = _saved(os.path.join(reference, "original", "checkpoints"))
+  state = _saved(_at(reference, ORIGINAL, "checkpoints"))
   ckpt = os.path.join(small_tmpfs, "checkpoints")
   c = checkpoints.Checkpointer(ckpt)
   c.save(1, dict(state, step=1))

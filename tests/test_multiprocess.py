@@ -13,7 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from mu_jax import audit, checkpoints, runner
+from mu_jax import audit, checkpoints, experiment
 from tests import fault_worker, multiprocess_common as common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,7 +73,7 @@ def test_experiments_train_on_two_processes_resumes_to_the_one_process_run(tmp_p
   epoch 2 of 4 and started again, end with the model of one process on 4 devices; the files
   process 0 writes (metrics rows, done.json) hold each epoch and the stage once."""
   cfg = fault_worker.config()
-  ref = runner.Experiment.create(cfg, str(tmp_path / "reference"))
+  ref = experiment.Experiment.create(cfg, str(tmp_path / "reference"))
   ref.train_stage("original", progress=False)
   wd = str(tmp_path / "wd")
   env = _env(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
@@ -88,7 +88,8 @@ def test_experiments_train_on_two_processes_resumes_to_the_one_process_run(tmp_p
         *fault_worker.cli_flags(wd), "--stages=original", "--distributed",
         f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"], env)
 
-  ckpt, stage = os.path.join(wd, "original", "checkpoints"), os.path.join(wd, "original")
+  stage = ref.trained_stage("original").dir.replace(str(tmp_path / "reference"), wd)
+  ckpt = os.path.join(stage, "checkpoints")
   codes, logs = run(kill_after=2)
   assert codes == [-9, -9], logs
   assert not os.path.exists(os.path.join(stage, "done.json"))
@@ -103,25 +104,26 @@ def test_experiments_train_on_two_processes_resumes_to_the_one_process_run(tmp_p
   assert "original: " in logs[0] and "original: " in logs[1]
   done = checkpoints.read_json(os.path.join(stage, "done.json"))
   assert done["resumed_from_epoch"] == 2 and done["epochs"] == 4
-  ref_rows, got_rows = rows(ref.stage_dir("original")), rows(stage)
+  ref_rows, got_rows = rows(ref.trained_stage("original").dir), rows(stage)
   assert [r["epoch"] for r in got_rows] == [1, 2, 3, 4]
   for want, got in zip(ref_rows, got_rows):
     for k in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "examples"):
       np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-6, err_msg=f"epoch {got['epoch']} {k}")
-  (steps, got), (ref_steps, want) = _saved(ckpt), _saved(os.path.join(ref.stage_dir("original"), "checkpoints"))
+  (steps, got), (ref_steps, want) = _saved(ckpt), _saved(os.path.join(ref.trained_stage("original").dir, "checkpoints"))
   assert steps == ref_steps
   got, want = _flat(got), _flat(want)
   assert got.keys() == want.keys()
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
-  assert sorted(os.listdir(wd)) == ["config.json", "manifest.json", "original"]
+  assert sorted(os.listdir(wd)) == ["config.json", "manifest.json", os.path.basename(stage),
+                                    "workdir.json"]
   assert sorted(os.listdir(ckpt)) == [str(s) for s in steps]
 
 
 def test_unlearning_refuses_to_start_under_several_processes(tmp_path, monkeypatch):
-  exp = runner.Experiment.create(fault_worker.config(), str(tmp_path / "wd"))
+  exp = experiment.Experiment.create(fault_worker.config(), str(tmp_path / "wd"))
   monkeypatch.setattr(jax, "process_count", lambda: 2)
   with pytest.raises(RuntimeError, match="runs in one process"):
     exp.unlearn_stage("finetune")
-  assert not os.path.exists(audit.log_path(exp.workdir))
-  assert not os.path.exists(exp.stage_dir("unlearned/finetune"))
+  assert not os.path.exists(audit.log_path(exp.path))
+  assert not os.path.exists(exp.method_stage(exp.methods("finetune")[0]).dir)

@@ -79,5 +79,23 @@ def test_write_results_files(tmp_path):
     got = list(csv.DictReader(f))
   assert got[1]["examples"] == "100" and got[0]["nomus"] == "0.5839"
   table = open(paths["table.md"]).read()
-  assert "| Test Acc | 0.5951 | 0.4880 |" in table
-  assert "| Final Score (NoMUS, ↑) | 0.5839 | – |" in table
+  assert "| Test Acc (↑) | 0.5951 | 0.4880 |" in table
+  assert "| Final Score (NoMUS) (↑) | 0.5839 | – |" in table
+
+
+def test_one_column_registry_drives_the_tables_the_csv_and_the_docs():
+  from mu_jax.evaluation import columns
+  rows = [{"model": "scrub", "stage": "unlearned/scrub-aaaaaaaaaa", "zeta": 1, "test_acc": 0.5,
+           "forget_map": 0.25},
+          {"model": "scrub", "stage": "unlearned/scrub-bbbbbbbbbb", "test_acc": 0.6}]
+  assert columns.csv_keys(rows) == ["model", "stage", "test_acc", "forget_map", "zeta"]
+  table = columns.markdown_table(rows)
+  assert "| | scrub [aaaaaaaaaa] | scrub [bbbbbbbbbb] |" in table and "forget mAP" not in table
+  assert "| Test Acc (↑) | 0.5000 | 0.6000 |" in table
+  retrieval = columns.markdown_table(rows, "retrieval")
+  assert "| forget mAP (≈ retrained) | 0.2500 | – |" in retrieval and "Test Acc" not in retrieval
+  keys = [c.key for c in columns.COLUMNS]
+  assert len(keys) == len(set(keys)) and all(c.better in columns.ARROWS for c in columns.COLUMNS)
+  assert all(f"`{k}`" in columns.reference_markdown() for k in keys)
+  with pytest.raises(ValueError, match="unknown table"):
+    columns.for_table("sisa")

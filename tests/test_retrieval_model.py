@@ -174,13 +174,6 @@ def test_fit_logs_retrieval_resumes_identically_and_stage_records(tmp_path):
   assert resumed.resumed_from_epoch == 1
   chex.assert_trees_all_close(parallel.to_host(full.state.params),
                               parallel.to_host(resumed.state.params), rtol=1e-6, atol=1e-7)
-  # train_stage skips a finished stage; load_stage restores its final parameters.
-  rec = rtrain.train_stage(model, data.train, cfg, seed=1, stage_dir=str(tmp_path / "cut"),
-                           progress=False)
-  assert rec["epochs"] == 2 and os.path.exists(tmp_path / "cut" / "done.json")
-  assert rtrain.train_stage(model, data.train, cfg, seed=1, stage_dir=str(tmp_path / "cut")) == rec
-  loaded = rtrain.load_stage(model, data.train, cfg, str(tmp_path / "cut"))
-  chex.assert_trees_all_close(loaded.params, parallel.to_host(resumed.state.params))
 
 
 # ----------------------------------------------------------------------------------- evaluation

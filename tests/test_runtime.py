@@ -1,4 +1,4 @@
-"""mu_jax.runtime: the process-wide CPU settings made when mu_jax is imported.
+"""mu_jax.runtime: the process-wide CPU settings that ``configure_cpu`` makes (never ``import mu_jax``).
 
 Each case that depends on process state (environment, whether XLA has started) runs in a fresh
 Python process, since the settings can only be made once per process.
@@ -20,6 +20,7 @@ _REPORT = """
 import json, os
 import mu_jax
 from mu_jax import runtime
+runtime.configure_cpu()
 print(json.dumps({"flags": os.environ.get("XLA_FLAGS", ""), "eigen": runtime.EIGEN_CONVOLUTIONS,
                   "kept": runtime.FREED_MEMORY_KEPT}))
 """
@@ -28,7 +29,8 @@ print(json.dumps({"flags": os.environ.get("XLA_FLAGS", ""), "eigen": runtime.EIG
 # matmul's output, which XLA must materialise; fresh memory on every call unless it is kept).
 _FAULTS = """
 import json, resource
-import mu_jax
+from mu_jax import runtime
+runtime.configure_cpu()
 import jax, jax.numpy as jnp
 f = jax.jit(lambda a: jnp.sum(jnp.tanh(a @ a.T) @ a))
 x = jnp.ones((4096, 256), jnp.float32)
@@ -56,7 +58,31 @@ def _run(code: str, **env_changes: str | None) -> dict:
   return json.loads(out.strip().splitlines()[-1])
 
 
-def test_import_appends_the_eigen_flag_and_keeps_memory_only_when_asked():
+_IMPORT_ONLY = """
+import json, os
+before = dict(os.environ)
+import mu_jax, mu_jax.methods, mu_jax.models, mu_jax.experiment, mu_jax.retrieval.methods
+from mu_jax.models import layers
+from mu_jax import runtime
+print(json.dumps({"same": dict(os.environ) == before, "xla": os.environ.get("XLA_FLAGS"),
+                  "hook": layers.get_convolution()[0] is layers.lax_conv2d,
+                  "configured": runtime.CONFIGURED}))
+"""
+
+
+def test_importing_mu_jax_changes_nothing_in_the_process():
+  got = _run(_IMPORT_ONLY, XLA_FLAGS=None)
+  assert got == {"same": True, "xla": None, "hook": True, "configured": False}
+
+
+def test_configure_cpu_installs_mu_jax_convolutions_behind_the_layers_hook():
+  code = ("from mu_jax import runtime\nfrom mu_jax.models import layers\nfrom mu_jax.ops import conv\n"
+          "runtime.configure_cpu()\nimport json\n"
+          "print(json.dumps({'hook': layers.get_convolution() == (conv.conv2d, conv.max_pool)}))")
+  assert _run(code) == {"hook": True}
+
+
+def test_configure_cpu_appends_the_eigen_flag_and_keeps_memory_only_when_asked():
   got = _run(_REPORT)
   assert got["flags"].split() == ["--xla_force_host_platform_device_count=2",
                                   runtime.EIGEN_CONV_FLAG]
@@ -117,8 +143,8 @@ def test_kept_memory_removes_the_page_faults_of_repeated_steps():
   assert tuned < plain / 10, (tuned, plain)
 
 
-def test_this_test_process_was_tuned_at_import():
-  """conftest imports mu_jax before XLA starts, so the suite runs with the default settings."""
+def test_this_test_process_was_configured_as_the_scripts_are():
+  """conftest calls configure_cpu before XLA starts, so the suite runs as the scripts do."""
   if not runtime.enabled():
     pytest.skip(f"{runtime.ENV_SWITCH} switches the tuning off in this environment")
   assert runtime.EIGEN_CONVOLUTIONS

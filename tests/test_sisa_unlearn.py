@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import serialization
 
-from experiments import sisa as sisa_script
+from mu_jax.pipelines import sisa as sisa_script
 from mu_jax import audit, sisa
 from mu_jax.data import synthetic
 from mu_jax.data.splits import DataError
@@ -253,8 +253,9 @@ def test_the_experiment_script_serves_a_request_and_resumes_after_a_crash(tmp_pa
   assert row["model"] == "sisa" and row["sisa_exact_match"] is True
   retrained = row["sisa_retrained_shards"]
   assert res["request"]["untouched_shards"] == [s for s in (0, 1) if s not in retrained]
+  assert row["stage"].startswith("sisa/sisa-")
   for split in ("train", "retain", "forget", "test", "unseen"):
-    assert os.path.exists(os.path.join(wd, "sisa", "outputs", f"{split}.npz"))
+    assert os.path.exists(os.path.join(wd, row["stage"], "outputs", f"{split}.npz"))
   assert any("bit for bit: True" in line for line in lines)
 
   lines.clear()
@@ -262,6 +263,15 @@ def test_the_experiment_script_serves_a_request_and_resumes_after_a_crash(tmp_pa
   assert any("already served" in line for line in lines)
   assert again["request"]["request_id"] == res["request"]["request_id"]
   assert len(audit.read_requests(wd)) == 3
+
+  # Another setting is another deployment beside the first, which stays as it was.
+  first = _tree_digest(os.path.join(wd, row["stage"]))
+  other = sisa_script.run_sisa(_tiny_config(), wd, **dict(kw, aggregation="mean"),
+                               full_retrain=False)
+  assert other["row"]["stage"] != row["stage"] and other["row"]["sisa_aggregation"] == "mean"
+  assert sorted(os.listdir(os.path.join(wd, "sisa"))) == sorted(
+      os.path.basename(r["row"]["stage"]) for r in (res, other))
+  assert _tree_digest(os.path.join(wd, row["stage"])) == first
 
 
 def test_more_shards_than_persons_is_refused_before_the_workdir_is_written(tmp_path):

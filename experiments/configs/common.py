@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from mu_jax.methods import registry
+
 
 def parse_args(arg: str | None) -> dict[str, str]:
   """'protocol=paper,runlocal' -> {'protocol': 'paper', 'runlocal': ''}."""
@@ -14,6 +16,11 @@ def parse_args(arg: str | None) -> dict[str, str]:
       k, _, v = part.partition("=")
       out[k.strip()] = v.strip()
   return out
+
+
+def method_hparams(methods: registry.Registry) -> ml_collections.ConfigDict:
+  """name -> {hyperparameter: factory default} for every method of a registry."""
+  return ml_collections.ConfigDict(methods.defaults())
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -28,9 +35,12 @@ def base_config() -> ml_collections.ConfigDict:
       "lr_boundaries": (10, 20), "lr_decay": 0.1, "augment": True, "eval_batch_size": 256})
   # Overrides of `train` for the retrained model (MUCAC's retrained recipes differ from the original).
   c.retrain = ml_collections.ConfigDict()
-  # Unlearning: the reference runs every method with SGD lr 0.001, no momentum, batch 64.
+  # Unlearning: the reference runs every method with SGD lr 0.001, no momentum, batch 64, after
+  # set_seed(42). Every method's hyperparameters, pre-filled with its factory's defaults, so each
+  # can be set from the command line (--config.unlearn.hparams.scrub.lr=0.01) and is recorded.
   c.unlearn = ml_collections.ConfigDict({
-      "batch_size": 64, "methods": "all", "hparams": ml_collections.ConfigDict()})
+      "batch_size": 64, "seed": 42, "methods": "all",
+      "hparams": method_hparams(registry.METHODS)})
   # SISA (experiments.sisa): shard by person so a request touches one shard; the official SISA
   # batch of 16; "auto" trains the shard models stacked (vmap) when they fit.
   c.sisa = ml_collections.ConfigDict({"partition": "identity", "aggregation": "vote", "mode": "auto",

@@ -35,22 +35,10 @@ runlocal printed: original forget/retain mAP 1.00/1.00; retrained forget mAP 0.3
 dispersion forget mAP 0.17, R@1 0.38, retain mAP 0.98 (8 forget queries, so R@1 moves in eighths).
 """
 
-import inspect
-
 import ml_collections
 
 from experiments.configs import common
 from mu_jax.retrieval import methods
-
-
-def _method_defaults() -> ml_collections.ConfigDict:
-  """Every method's hyperparameters at their factory defaults, so each can be set from the CLI
-  (``--config.unlearn.hparams.dispersion.lr=0.05``) and is recorded with the results."""
-  out = {}
-  for name in methods.names():
-    params = inspect.signature(methods.factory(name)).parameters
-    out[name] = {k: p.default for k, p in params.items()}
-  return ml_collections.ConfigDict(out)
 
 
 def get_config(arg: str | None = None):
@@ -70,8 +58,10 @@ def get_config(arg: str | None = None):
       "epochs": 80, "batch_size": 32, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
       "lr_boundaries": (60,), "lr_decay": 0.1, "augment": False, "eval_batch_size": 256})
   c.retrain = ml_collections.ConfigDict()
-  c.unlearn = ml_collections.ConfigDict({"batch_size": 32, "methods": "all",
-                                         "hparams": _method_defaults()})
+  # Each method's hyperparameters at their factory defaults, settable from the command line
+  # (--config.unlearn.hparams.dispersion.lr=0.05) and recorded with the results.
+  c.unlearn = ml_collections.ConfigDict({"batch_size": 32, "seed": 0, "methods": "all",
+                                         "hparams": common.method_hparams(methods.METHODS)})
   c.eval = ml_collections.ConfigDict({"seed": 0, "plot": True})
   if args.get("head") == "arcface":
     c.model.head, c.model.margin = "arcface", 0.5

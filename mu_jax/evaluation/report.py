@@ -1,28 +1,23 @@
-"""One result row per model, and the files that hold them (DESIGN.md "Result files").
+"""One result row per model, and the files that hold them (``docs/workdir.md``).
 
 :func:`model_row` turns the per-example outputs of every split (``<stage>/outputs/<split>.npz``)
 into the flat row of the contract: accuracies, the reference attack (raw accuracy *and* forgetting
 score, never confused), NoMUS, the stronger attacks, the distance to the retrained model, cost.
-:func:`write_results` writes ``results.json``, ``results.csv`` and ``table.md``.
-
-Direction of every column (also printed under the table):
-  higher is better: test/retain/unseen accuracy, NoMUS;
-  closer to the retrained model is better: forget accuracy, attack accuracy, AUROC, TPR@FPR,
-  SVC-MIA efficacy; lower is better: KL/JS to retrained, forgetting score, cost.
+:func:`write_results` writes ``results.json``, ``results.csv`` and ``table.md``; the columns, their
+labels and which direction is better come from :mod:`mu_jax.evaluation.columns`.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from mu_jax import checkpoints
-from mu_jax.evaluation import attacks, distances, metrics, mia
+from mu_jax.evaluation import attacks, columns, distances, metrics, mia
 
 Outputs = Mapping[str, Mapping[str, np.ndarray]]
 
@@ -106,6 +101,8 @@ def aggregate_seeds(rows_per_seed: Sequence[Sequence[Mapping[str, Any]]]) -> lis
   out = []
   for model, rs in by_model.items():
     row: dict[str, Any] = {"model": model, "seeds": len(rs)}
+    if "hparams" in rs[0]:
+      row["hparams"] = rs[0]["hparams"]
     for k in rs[0]:
       vals = [r.get(k) for r in rs]
       if k != "model" and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
@@ -115,70 +112,35 @@ def aggregate_seeds(rows_per_seed: Sequence[Sequence[Mapping[str, Any]]]) -> lis
   return out
 
 
-# (label, key, format) rows of table.md, in the reference README's order first.
-TABLE_ROWS = (
-    ("Test Acc", "test_acc"), ("Top-2 Acc", "test_top2_acc"),
-    ("MIA (forgetting score |acc−0.5|, ↓)", "mia_forgetting_score"),
-    ("Final Score (NoMUS, ↑)", "nomus"),
-    ("MIA attack accuracy (raw; retrained ≈ target)", "mia_attack_acc"),
-    ("Forget Acc (retrained ≈ target)", "forget_acc"), ("Retain Acc", "retain_acc"),
-    ("Unseen Acc", "unseen_acc"),
-    ("Loss-attack AUROC forget vs unseen", "mia_auroc"),
-    ("TPR @ 1% FPR", "mia_tpr_at_1pct_fpr"),
-    ("SVC-MIA efficacy (confidence)", "svc_mia_confidence"),
-    ("KL to retrained (forget, ↓)", "kl_to_retrained_forget"),
-    ("JS to retrained (forget, ↓)", "js_to_retrained_forget"),
-    ("Top-1 agreement with retrained (forget)", "agreement_with_retrained_forget"),
-    ("ℓ2 param distance to retrained", "param_l2_to_retrained"),
-    ("Wall seconds", "wall_s"), ("Examples processed", "examples"),
-    ("Cost vs retrain (wall)", "cost_vs_retrain"),
-)
-
-
-def _fmt(row: Mapping[str, Any], key: str) -> str:
-  v = row.get(key)
-  if v is None or (isinstance(v, float) and math.isnan(v)):
-    return "–"
-  std = row.get(f"{key}_std")
-  if key == "examples":
-    return f"{int(v):,}"
-  if key == "wall_s":
-    s = f"{v:.1f}"
-    return f"{s} ± {std:.1f}" if std is not None else s
-  s = f"{v:.4f}"
-  return f"{s} ± {std:.4f}" if std is not None else s
-
-
-def markdown_table(rows: Sequence[Mapping[str, Any]], extra_rows: Sequence[tuple[str, str]] = ()) -> str:
-  """Models as columns and metrics as rows, like the reference README's tables."""
-  keys = [(label, key) for label, key in (*TABLE_ROWS, *extra_rows) if any(key in r for r in rows)]
-  lines = ["| | " + " | ".join(r["model"] for r in rows) + " |",
-           "|---|" + "---|" * len(rows)]
-  for label, key in keys:
-    lines.append(f"| {label} | " + " | ".join(_fmt(r, key) for r in rows) + " |")
-  return "\n".join(lines)
+def markdown_table(rows: Sequence[Mapping[str, Any]], table: str = "classification") -> str:
+  """Models as columns and metrics as rows (:func:`mu_jax.evaluation.columns.markdown_table`)."""
+  return columns.markdown_table(rows, table)
 
 
 def write_results(directory: str, rows: Sequence[Mapping[str, Any]], *, config: Mapping[str, Any],
-                  manifest_hash: str, notes: str = "") -> dict[str, str]:
-  """Writes results.json, results.csv and table.md (atomically, each via a temp file)."""
+                  manifest_hash: str, notes: str = "", name: str = "results",
+                  table: str = "classification") -> dict[str, str]:
+  """Writes ``<name>.json`` ({config, manifest_hash, rows}), ``<name>.csv`` and a Markdown table
+  with its legend (``table.md`` for the benchmark, ``<name>.md`` otherwise), each atomically.
+
+  Returns:
+    {file name: path} of the three files.
+  """
   os.makedirs(directory, exist_ok=True)
-  paths = {n: os.path.join(directory, n) for n in ("results.json", "results.csv", "table.md")}
+  md = "table.md" if name == "results" else f"{name}.md"
+  paths = {n: os.path.join(directory, n) for n in (f"{name}.json", f"{name}.csv", md)}
   payload = {"config": config, "manifest_hash": manifest_hash, "rows": list(rows)}
-  _atomic(paths["results.json"], json.dumps(payload, indent=1, default=checkpoints.json_default))
-  write_csv(paths["results.csv"], rows)
-  table = markdown_table(rows)
-  legend = ("\nMIA = the reference attack (logistic regression on per-example losses, forget vs "
-            "unseen); its forgetting score |acc − 0.5| is the README's \"MIA\" column. NoMUS = "
-            "λ·test_acc + (1−λ)·(1 − 2·|attack_acc − 0.5|). Forget accuracy and attack numbers are "
-            "best when close to the retrained model's, not when extreme.\n")
-  _atomic(paths["table.md"], table + "\n" + legend + (f"\n{notes}\n" if notes else ""))
+  _atomic(paths[f"{name}.json"], json.dumps(payload, indent=1, default=checkpoints.json_default))
+  write_csv(paths[f"{name}.csv"], rows)
+  text = columns.markdown_table(rows, table) + "\n\n" + columns.legend(table) + "\n"
+  _atomic(paths[md], text + (f"\n{notes}\n" if notes else ""))
   return paths
 
 
 def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
-  """One CSV row per result row, columns in order of first appearance (atomic: temp + rename)."""
-  keys = list(dict.fromkeys(k for r in rows for k in r))
+  """One CSV row per result row, columns in :func:`~mu_jax.evaluation.columns.csv_keys` order
+  (atomic: temp + rename)."""
+  keys = columns.csv_keys(rows)
   with checkpoints.atomic_write(path, newline="") as f:
     w = csv.DictWriter(f, fieldnames=keys)
     w.writeheader()

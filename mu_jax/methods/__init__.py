@@ -14,7 +14,7 @@ from mu_jax.methods.finetune import cf_k, eu_k, finetune
 from mu_jax.methods.l1_sparse import l1_sparse
 from mu_jax.methods.neggrad import neggrad, neggrad_plus
 from mu_jax.methods.random_labels import random_labels
-from mu_jax.methods.registry import create, names, parse_methods
+from mu_jax.methods.registry import Method, create, names, parse_methods, register, resolve
 from mu_jax.methods.salun import salun
 from mu_jax.methods.scrub import scrub, scrub_official
 from mu_jax.methods.ssd import ssd

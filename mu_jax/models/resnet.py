@@ -18,8 +18,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mu_jax.models.layers import Conv, Linear, batch_norm
-from mu_jax.ops import conv as conv_ops
+from mu_jax.models.layers import Conv, Linear, batch_norm, max_pool
 
 
 class BasicBlock(nn.Module):
@@ -77,7 +76,7 @@ class ResNet(nn.Module):
     if self.stem == "imagenet":
       x = Conv(self.width, 7, 2, padding=3, dtype=self.dtype, name="conv1")(x)
       x = nn.relu(batch_norm(train, "bn1", dtype=self.dtype)(x))
-      x = conv_ops.max_pool(x, 3, 2, 1)
+      x = max_pool(x, 3, 2, 1)
     elif self.stem == "cifar":
       x = Conv(self.width, 3, 1, padding=1, dtype=self.dtype, name="conv1")(x)
       x = nn.relu(batch_norm(train, "bn1", dtype=self.dtype)(x))

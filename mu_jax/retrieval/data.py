@@ -204,22 +204,11 @@ def make_synthetic_identities(num_identities: int = 60, images_per_identity: int
 def load(cfg: Mapping[str, Any]) -> RetrievalData:
   """Reads the data set of a config's ``data`` section and returns its retrieval splits.
 
-  ``name == "synthetic_identities"`` builds :func:`make_synthetic_identities` from the keys
-  ``num_identities``, ``images_per_identity``, ``image_size``, ``seed``, ``nuisance``,
-  ``texture_gain``, ``max_shift`` and the ``forget`` request; every other name goes through
-  :func:`mu_jax.data.loader.load_dataset` (synthetic faces are read with ``task="age"``: the labels
-  are replaced anyway).
+  Every name goes through the one reader registry, :func:`mu_jax.data.loader.load_dataset`
+  (``synthetic_identities`` is :func:`make_synthetic_identities`; the synthetic faces are read
+  with ``task="age"``: the labels are replaced anyway).
   """
   cfg = dict(cfg)
-  if cfg.get("name") == "synthetic_identities":
-    forget = dict(cfg.get("forget", {}))
-    ds = make_synthetic_identities(
-        cfg["num_identities"], cfg["images_per_identity"], cfg["image_size"],
-        forget_count=forget.get("count"), forget_fraction=forget.get("fraction"),
-        forget_identities=forget.get("identities") or None, forget_seed=forget.get("seed", 0),
-        seed=cfg.get("seed", 0), nuisance=cfg.get("nuisance", 1.0),
-        texture_gain=cfg.get("texture_gain", 1.5), max_shift=cfg.get("max_shift", 2))
-    return retrieval_data(ds)
   if cfg.get("name") == "synthetic":
     cfg["task"] = "age"
   return retrieval_data(loader.load_dataset(cfg))

@@ -28,23 +28,6 @@ from mu_jax.retrieval import metrics
 from mu_jax.training import evaluate as train_eval
 from mu_jax.training.state import TrainState
 
-# Columns of the results table, in order, with the direction that is better for each.
-TABLE_COLUMNS = (
-    ("forget_map", "forget mAP", "↓ (near retrained)"),
-    ("forget_rank1", "forget R@1", "↓ (near retrained)"),
-    ("retain_map", "retain mAP", "↑"),
-    ("retain_rank1", "retain R@1", "↑"),
-    ("forget_compactness", "forget CS", "↓"),
-    ("retain_compactness", "retain CS", "≈ original"),
-    ("identifiability", "forget ident.", "↓"),
-    ("retain_tar_at_far_1e-3", "retain TAR@FAR1e-3", "↑"),
-    ("heldout_map", "held-out mAP", "≈ original"),
-    ("wall_s", "wall s", "↓"),
-    ("cost_vs_retrain", "wall/retrain", "↓"),
-    ("examples_vs_retrain", "examples/retrain", "↓"),
-)
-
-
 def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """Per-example eval-mode embeddings and plain cosine logits (sharded like the batch)."""
   logits, emb = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
@@ -145,19 +128,9 @@ def evaluate_state(state: TrainState, train: Examples, forget_identities: Sequen
                              None if out_h is None else np.asarray(heldout.identities), seed)
 
 
-def _fmt(v: Any) -> str:
-  if isinstance(v, float):
-    return "nan" if math.isnan(v) else f"{v:.3f}"
-  return str(v)
-
-
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-  """The rows as a Markdown table (the :data:`TABLE_COLUMNS`, arrows say which way is better)."""
-  head = "| model | " + " | ".join(f"{t} {d}" for _, t, d in TABLE_COLUMNS) + " |"
-  sep = "|" + "---|" * (len(TABLE_COLUMNS) + 1)
-  body = ["| " + str(r["model"]) + " | " + " | ".join(_fmt(r.get(k, float("nan")))
-                                                     for k, _, _ in TABLE_COLUMNS) + " |" for r in rows]
-  return "\n".join([head, sep, *body])
+  """The retrieval table (:mod:`mu_jax.evaluation.columns`, arrows say which way is better)."""
+  return report.markdown_table(rows, "retrieval")
 
 
 def write_results(results_dir: str, rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any],
@@ -167,14 +140,9 @@ def write_results(results_dir: str, rows: Sequence[Mapping[str, Any]], config: M
   Returns:
     {"json", "csv", "md"}: the paths written.
   """
-  os.makedirs(results_dir, exist_ok=True)
-  paths = {ext: os.path.join(results_dir, f"{name}.{ext}") for ext in ("json", "csv", "md")}
-  checkpoints.write_json(paths["json"], {"config": dict(config), "manifest_hash": manifest_hash,
-                                         "rows": [dict(r) for r in rows]})
-  report.write_csv(paths["csv"], rows)
-  with open(paths["md"], "w") as f:
-    f.write(markdown_table(rows) + "\n")
-  return paths
+  paths = report.write_results(results_dir, rows, config=dict(config), manifest_hash=manifest_hash,
+                               name=name, table="retrieval")
+  return dict(zip(("json", "csv", "md"), paths.values()))
 
 
 def pca_2d(emb: np.ndarray) -> np.ndarray:

@@ -12,21 +12,19 @@ optimizer and schedule of :func:`~mu_jax.training.fit.new_state`, seeded epochs 
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, Callable, Mapping
 
 import jax
 import optax
 from jax import lax
 
-from mu_jax import checkpoints, parallel
+from mu_jax import parallel
 from mu_jax.data import pipeline
 from mu_jax.data.splits import Examples
 from mu_jax.retrieval import evaluate as retrieval_eval
 from mu_jax.retrieval import model as model_lib
 from mu_jax.training import fit as fitlib
 from mu_jax.training import steps
-from mu_jax.runner import stage_cost
 from mu_jax.training.state import TrainState
 
 
@@ -100,46 +98,3 @@ def fit(model: model_lib.EmbeddingNet, train: Examples, cfg: fitlib.TrainConfig,
   return fitlib.fit(model, train, cfg, task="multiclass", seed=seed, stage_dir=stage_dir,
                     init_rng=init_rng, progress=progress, on_epoch_end=on_epoch_end,
                     train_step=compiled_train_step(cfg.augment), evaluate_epoch=evaluate_epoch)
-
-
-def _done_path(stage_dir: str) -> str:
-  return os.path.join(stage_dir, "done.json")
-
-
-def train_stage(model: model_lib.EmbeddingNet, train: Examples, cfg: fitlib.TrainConfig, *,
-                seed: int, stage_dir: str, eval_sets: Mapping[str, Examples] | None = None,
-                progress: bool = True) -> dict[str, Any]:
-  """Trains, resumes or skips (when ``done.json`` exists) one stage; returns its done.json record.
-
-  The original and retrained models call this with the same ``seed``, so they start from the same
-  initialisation, as the classification stages do.
-  """
-  done = _done_path(stage_dir)
-  if os.path.exists(done):
-    return checkpoints.read_json(done)
-  result = fit(model, train, cfg, seed=seed, stage_dir=stage_dir, eval_sets=eval_sets,
-               progress=progress)
-  record = {"stage": os.path.basename(stage_dir), **stage_cost(stage_dir),
-            "resumed_from_epoch": result.resumed_from_epoch, "train_size": len(train),
-            "epochs": cfg.epochs}
-  checkpoints.write_json(done, record)
-  return record
-
-
-def load_stage(model: model_lib.EmbeddingNet, train: Examples, cfg: fitlib.TrainConfig,
-               stage_dir: str) -> TrainState:
-  """The final checkpoint of a finished stage, as a host state with the recipe's optimizer.
-
-  Raises:
-    CheckpointError: the stage has not finished or its checkpoint belongs to another model.
-  """
-  if not os.path.exists(_done_path(stage_dir)):
-    raise checkpoints.CheckpointError(f"{stage_dir} has not finished training")
-  n_dev = parallel.num_devices()
-  batch = pipeline.effective_batch_size(len(train), cfg.batch_size, n_dev)
-  template = fitlib.new_state(model, jax.random.key(0), train.images.shape[1:], cfg,
-                              max(1, len(train) // batch))
-  ckpt = checkpoints.Checkpointer(os.path.join(stage_dir, "checkpoints"))
-  state = ckpt.restore(template)
-  ckpt.close()
-  return state

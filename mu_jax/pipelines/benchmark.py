@@ -1,0 +1,171 @@
+"""The main job: original, retrained and every method on one config, evaluated and tabulated.
+
+For each seed: train (or resume) the original and retrained models, run each method from the
+original (its stage named by its hyperparameters, :mod:`mu_jax.experiment`), save per-example
+outputs, and compute one result row per model against the retrained model. With one seed
+everything lives in ``WORKDIR``; with ``seeds=N`` seed ``k`` lives in ``WORKDIR/seed_k`` (config
+seed + k) and ``WORKDIR/results`` holds mean ± std. SISA deployments found in the workdir
+(``WORKDIR/sisa/*/results.json``) join the table as ``sisa`` rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from typing import Any, Callable, Sequence
+
+from mu_jax import checkpoints
+from mu_jax import experiment as engine
+from mu_jax.evaluation import columns, plots, report
+from mu_jax.methods.registry import Method
+
+
+def evaluate_stages(exp: engine.Experiment, stages: Sequence[engine.Stage], *,
+                    n_bootstrap: int = 200) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+  """Rows (and outputs, by row label) of original, retrained and the given finished stages.
+
+  Every row carries ``model`` (the command-line name), ``stage`` (its directory) and, for methods,
+  ``hparams``.
+  """
+  lam = float(exp.config.get("eval", {}).get("nomus_lambda", 0.5))
+  task = exp.task
+  retrained = exp.trained_stage("retrained")
+  retrained_state = exp.load_state(retrained)
+  retrained_out = task.outputs(exp, retrained, retrained_state)
+  retrain_cost = retrained.record()
+  rows, outputs = [], {}
+  for st in (exp.trained_stage("original"), retrained, *stages):
+    record = st.record()
+    state = retrained_state if st is retrained else exp.load_state(st)
+    out = retrained_out if st is retrained else task.outputs(exp, st, state)
+    row = report.model_row(st.name, out, exp.dataset.task, retrained=retrained_out,
+                           params=state.params, retrained_params=retrained_state.params,
+                           nomus_lambda=lam, n_bootstrap=n_bootstrap, wall_s=record["wall_s"],
+                           examples=record["examples"], retrain_wall_s=retrain_cost["wall_s"])
+    row["stage"] = st.rel
+    if "hparams" in record:
+      row["hparams"] = record["hparams"]
+    if "compile_s" in record:
+      row["compile_s"] = record["compile_s"]
+    if record.get("halted"):
+      row["halted"] = True
+    rows.append(row)
+    outputs[st.rel] = out
+  rows.extend(sisa_rows(exp.path))
+  return rows, outputs
+
+
+def sisa_rows(workdir: str) -> list[dict[str, Any]]:
+  """The ``sisa`` rows of the SISA deployments served in a workdir."""
+  root = os.path.join(workdir, "sisa")
+  rows = []
+  if os.path.isdir(root):
+    for entry in sorted(os.listdir(root)):
+      path = os.path.join(root, entry, "results.json")
+      if os.path.exists(path):
+        rows.append(dict(checkpoints.read_json(path)["row"], model="sisa",
+                         stage=os.path.join("sisa", entry)))
+  return rows
+
+
+def run_seed(config: dict[str, Any], workdir: str, methods: str | Sequence[str], *,
+             overwrite: bool = False, progress: bool = True, log: Callable[[str], None] = print
+             ) -> tuple[list[dict[str, Any]], dict[str, Any], engine.Experiment]:
+  """Trains, unlearns and evaluates one seed in ``workdir``."""
+  exp = engine.Experiment.create(config, workdir, methods=methods, overwrite=overwrite)
+  chosen = exp.selected
+  for stage in engine.TRAINED:
+    t = time.time()
+    rec = exp.train_stage(stage, progress=progress)
+    log(f"{stage:>16}: {rec['examples']:>8,} examples, {rec['wall_s']:7.1f} s training "
+        f"({time.time() - t:.1f} s this call)")
+  stages = []
+  for method in chosen:
+    t = time.time()
+    rec = exp.unlearn_stage(method)
+    st = exp.method_stage(method)
+    stages.append(st)
+    s = engine.quick_summary(exp.task.outputs(exp, st), exp.dataset.task)
+    log(f"{method.name:>16}: forget {s['forget_acc']:.3f} retain {s['retain_acc']:.3f} "
+        f"test {s['test_acc']:.3f} attack {s['mia_attack_acc']:.3f} "
+        f"{rec['wall_s']:6.1f} s ({time.time() - t:.1f} s this call)"
+        + ("  [stopped: non-finite loss]" if rec.get("halted") else ""))
+  n_boot = int(exp.config.get("eval", {}).get("bootstrap", 200))
+  rows, outputs = evaluate_stages(exp, stages, n_bootstrap=n_boot)
+  return rows, outputs, exp
+
+
+def write_tables(exp: engine.Experiment, results_dir: str, rows: Sequence[dict[str, Any]],
+                 outputs: dict[str, Any], stage_rows: Sequence[dict[str, Any]] | None = None,
+                 notes: str = "") -> dict[str, Any]:
+  """Writes results.json/csv, table.md and the plots; returns {"rows", "paths", "table"}.
+
+  Args:
+    exp: the experiment (config and manifest hash).
+    results_dir: where the files go.
+    rows: the table's rows.
+    outputs: per-example outputs by stage directory, for the plots.
+    stage_rows: rows naming those stages (default ``rows``; the first seed's rows when ``rows``
+      are means over seeds).
+    notes: a line under the table.
+  """
+  paths = report.write_results(results_dir, rows, config=exp.config,
+                               manifest_hash=exp.workdir.manifest.content_hash, notes=notes)
+  stage_rows = list(stage_rows if stage_rows is not None else rows)
+  by_label = {label: outputs[r["stage"]] for r, label in zip(stage_rows, columns.labels(stage_rows))
+              if r.get("stage") in outputs}
+  bars = [dict(r, model=label) for r, label in zip(rows, columns.labels(rows))]
+  paths["plots"] = plots.write_plots(results_dir, by_label, bars)
+  return {"rows": list(rows), "paths": paths, "table": report.markdown_table(rows)}
+
+
+def run_benchmark(config: Any, workdir: str, methods: str | Sequence[str] | Sequence[Method], *,
+                  seeds: int = 1, overwrite: bool = False, progress: bool = True,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Runs the whole benchmark and writes ``WORKDIR/results`` (table, CSV, JSON, plots).
+
+  Args:
+    config: the config (ConfigDict or dict).
+    workdir: the run's directory.
+    methods: 'all', a comma-separated list or a sequence of names; ``module:factory`` entries
+      bring a user's own method.
+    seeds: repeat with seeds config.seed .. config.seed + seeds - 1.
+    overwrite: start a workdir made with another config again.
+    progress: show training progress.
+    log: where the per-stage lines go.
+
+  Returns:
+    {"rows": [...], "paths": {...}, "table": markdown}.
+  """
+  if seeds < 1:
+    raise ValueError(f"--seeds must be >= 1, got {seeds}")
+  cfg = engine.to_dict(config)
+  per_seed, first = [], None
+  for k in range(seeds):
+    cfg_k = copy.deepcopy(cfg)
+    cfg_k["seed"] = int(cfg.get("seed", 0)) + k
+    wd = workdir if seeds == 1 else os.path.join(workdir, f"seed_{k}")
+    if seeds > 1:
+      log(f"--- seed {cfg_k['seed']} ({wd})")
+    rows, outputs, exp = run_seed(cfg_k, wd, methods, overwrite=overwrite, progress=progress, log=log)
+    per_seed.append(rows)
+    first = first or (outputs, exp)
+  rows = per_seed[0] if seeds == 1 else report.aggregate_seeds(per_seed)
+  outputs, exp = first
+  # With several seeds the plots show the first seed's models; the rows are means over seeds.
+  return write_tables(exp, os.path.join(workdir, "results"), rows, outputs, stage_rows=per_seed[0],
+                      notes=f"seeds: {seeds}" + (" (mean ± std)" if seeds > 1 else ""))
+
+
+def evaluate_workdir(config: Any, workdir: str) -> dict[str, Any]:
+  """Evaluates every finished stage of a workdir run from this config's original model.
+
+  Every method stage is listed, so several hyperparameter settings of one method appear side by
+  side (rows told apart by ``stage`` and ``hparams``).
+  """
+  exp = engine.Experiment.create(config, workdir)
+  stages = exp.method_stages()
+  n_boot = int(exp.config.get("eval", {}).get("bootstrap", 200))
+  rows, outputs = evaluate_stages(exp, stages, n_bootstrap=n_boot)
+  return write_tables(exp, os.path.join(workdir, "results"), rows, outputs)
