@@ -12,7 +12,8 @@ non-members independently, since the two sets are drawn independently. The stati
 the empirical ROC (no smoothing, no interpolation), following how jax_privacy audits on the host.
 
 **SVC-MIA** (:func:`svc_mia`, :func:`svc_mia_all`, :func:`svc_mia_forget_efficacy`), the attack used
-by SalUn and ℓ1-sparse unlearning (REFERENCE.md §6, "SVC-MIA"): an RBF support-vector classifier
+by SalUn and ℓ1-sparse unlearning (OPTML-Group/Unlearn-Sparse@16a2dbc:evaluation/SVC_MIA.py,
+``SVC_MIA_forget_efficacy`` in its main_forget.py; docs/metrics.md#svc_mia_confidence): an RBF support-vector classifier
 (``SVC(C=3, gamma="auto")``) is fit on shadow members (the first |D_test| retain examples) against
 shadow non-members (D_test), one classifier per feature, and MIA-efficacy is the fraction of D_forget
 it calls non-member (higher = more forgotten). Features are built from softmax probabilities and the
