@@ -7,9 +7,10 @@ Two families, both reading per-example outputs that the device code already wrot
 −loss, since a model fits the examples it was trained on. Besides the AUROC, the true-positive rate at
 a low false-positive rate is reported, because an attack that is confident on a few examples is a
 privacy risk even when its average accuracy is near chance (Carlini et al., "Membership Inference
-Attacks From First Principles", S&P 2022). Percentile-bootstrap intervals resample members and
+Attacks From First Principles", IEEE S&P 2022, arXiv 2112.03570). Percentile-bootstrap intervals resample members and
 non-members independently, since the two sets are drawn independently. The statistics are exact for
-the empirical ROC (no smoothing, no interpolation), following how jax_privacy audits on the host.
+the empirical ROC (no smoothing, no interpolation), following how jax_privacy audits on the host
+(google-deepmind/jax_privacy@3740a65:jax_privacy/auditing.py). Columns: docs/metrics.md.
 
 **SVC-MIA** (:func:`svc_mia`, :func:`svc_mia_all`, :func:`svc_mia_forget_efficacy`), the attack used
 by SalUn and ℓ1-sparse unlearning (OPTML-Group/Unlearn-Sparse@16a2dbc:evaluation/SVC_MIA.py,
@@ -20,7 +21,7 @@ it calls non-member (higher = more forgotten). Features are built from softmax p
 label: correctness, confidence p_y, entropy, modified entropy and the whole probability vector.
 
 The modified entropy follows Song & Mittal ("Systematic Evaluation of Privacy Risks of Machine
-Learning Models", USENIX Security 2021):
+Learning Models", USENIX Security 2021, arXiv 2003.10595):
 
     Mentr(p, y) = −(1 − p_y)·log(p_y) − Σ_{i≠y} p_i·log(1 − p_i).
 
