@@ -8,9 +8,9 @@ function a script calls later:
   hands convolutions to YNNPACK, which runs the weight gradient of a convolution (a convolution
   whose "kernel" is the whole feature map) much slower than XLA's Eigen convolution, while Eigen's
   forward and input gradient are as fast or faster. mu_jax appends :data:`EIGEN_CONV_FLAG` to
-  ``XLA_FLAGS`` where the installed jaxlib defines that experimental flag (XLA aborts on one it does not know); matrix products (the
-  im2col lowering of :mod:`mu_jax.ops.conv`, dense layers) still go to YNNPACK, which multiplies
-  well.
+  ``XLA_FLAGS`` where the installed jaxlib defines that experimental flag (XLA aborts on one it
+  does not know); matrix products (the im2col lowering of :mod:`mu_jax.ops.conv`, dense layers)
+  still go to YNNPACK, which multiplies well.
 * **Freed host memory kept for reuse** (opt-in: ``MU_JAX_KEEP_FREED_MEMORY=1``). XLA allocates a
   step's temporaries afresh on every execution; glibc serves large blocks with ``mmap`` and returns
   them with ``munmap``, so every step page-faults its whole working set again (~200k faults per

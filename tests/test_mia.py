@@ -88,9 +88,9 @@ def _truncated(x: float) -> float:
   return math.floor(x * 1e4 + 1e-9) / 1e4
 
 
-# ndb796/MachineUnlearning@9813cd7:README.md ("Models Performance"): (test acc, README "MIA" = forgetting score, README Final,
-# printed precise Final).
-# Precise values are the prints of ndb796/MachineUnlearning@14a106c:01_MUFAC/Machine_Unlearning_MUFAC_Full_Experiments.ipynb
+# ndb796/MachineUnlearning@9813cd7:README.md ("Models Performance"): (test acc, README "MIA" =
+# forgetting score, README Final, printed precise Final). Precise values are the prints of
+# ndb796/MachineUnlearning@14a106c:01_MUFAC/Machine_Unlearning_MUFAC_Full_Experiments.ipynb
 # cells 36, 47, 51, given to 5 decimals.
 README_ROWS = {
     "mufac_original": (0.5951, 0.2136, 0.5839, None),

@@ -3,7 +3,8 @@
 :func:`reference_mia` reproduces ``cal_mia`` from ndb796/MachineUnlearning@9813cd7:01_MUFAC/
 Machine_Unlearning_MUFAC_Base_Models.ipynb cell 27 (docs/metrics.md#mia_attack_acc; the
 same function in every MUFAC and MUCAC notebook) step for step, so that a number computed here can be
-put beside the result tables of the reference README (ndb796/MachineUnlearning@9813cd7:README.md, "Models Performance"):
+put beside the result tables of the reference README (ndb796/MachineUnlearning@9813cd7:README.md,
+"Models Performance"):
 
 1. ``set_seed(42)`` and then ``np.random.shuffle(forget_losses)``;
 2. the forget losses are truncated to ``len(unseen_losses)`` (only the forget side is cut);

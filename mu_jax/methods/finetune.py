@@ -5,9 +5,9 @@
   [ndb796/MachineUnlearning@9813cd7:01_MUFAC/Machine_Unlearning_MUFAC_FineTuing.ipynb cell 22];
   Unlearn-Sparse uses lr 0.01 for 10 epochs on CIFAR-10.
 * ``cf_k`` (Goel et al., "Towards Adversarial Evaluations for Inexact Machine Unlearning", arXiv
-  2201.06640): only the last k blocks train; k=3 on ResNet-18 is layer3, layer4 and fc, 2 epochs at lr 0.001
-  [the same notebook, cells 25-27]. BatchNorm statistics of frozen blocks still update, as in the
-  reference (the model is in ``train()`` mode; only ``requires_grad`` is off).
+  2201.06640): only the last k blocks train; k=3 on ResNet-18 is layer3, layer4 and fc, 2 epochs at
+  lr 0.001 [the same notebook, cells 25-27]. BatchNorm statistics of frozen blocks still update, as
+  in the reference (the model is in ``train()`` mode; only ``requires_grad`` is off).
 * ``eu_k`` (same paper): the last k blocks are re-initialised, then trained on retain while the
   rest stays frozen.
 """

@@ -6,9 +6,9 @@ Tarun, Chundawat, Mandal and Kankanhalli, "Fast Yet Effective Machine Unlearning
 * :func:`unsir`: the MUFAC/MUCAC reference's instance-level variant, which the reference README's
   UNSIR-1 (after impair) and UNSIR-2 (after repair) rows come from
   [ndb796/MachineUnlearning@14a106c:01_MUFAC/Machine_Unlearning_MUFAC_UNSIR.ipynb cells 23-27; the
-  same in the ndb796/MachineUnlearning@7275986 MUCAC notebooks]. Per pair of a retain and a forget batch (``zip``, stopping at the
-  shorter; the
-  reference skips pairs where either batch is not full, which is the driver's drop-last):
+  same in the ndb796/MachineUnlearning@7275986 MUCAC notebooks]. Per pair of a retain and a forget
+  batch (``zip``, stopping at the shorter; the reference skips pairs where either batch is not full,
+  which is the driver's drop-last):
 
   1. N ~ randn with the batch shape; 5 Adam steps (lr 0.01) on ``-MSE(f(N), f(x_f))``, the
      forget logits held fixed, which pushes the noise logits away from the forget logits;

@@ -1,8 +1,8 @@
 """Face-retrieval metrics on the host, from embeddings and identities.
 
-Identity unlearning for retrieval (docs/metrics.md#retrieval-columns) asks two things of a model: images of a
-forgotten person should no longer find each other, and everyone else should still be found. The
-numbers here measure both from embeddings that the device code computed:
+Identity unlearning for retrieval (docs/metrics.md#retrieval-columns) asks two things of a model:
+images of a forgotten person should no longer find each other, and everyone else should still be
+found. The numbers here measure both from embeddings that the device code computed:
 
 - :func:`retrieval_metrics`: mAP over all gallery positives and Rank-1, cosine similarity;
 - :func:`compactness`: how tightly each identity clusters around its centroid (our definition of the
