@@ -8,22 +8,21 @@ before XLA starts (its flags are read once, its threads take malloc arenas from 
 allocation):
 
 * **Convolutions through Eigen, matmuls through YNNPACK** (on by default). JAX 0.10's CPU backend
-  hands convolutions to YNNPACK; for the weight gradient of a convolution (a convolution whose
-  "kernel" is the whole feature map) YNNPACK ran 1.6-2.7× slower than XLA's Eigen convolution
-  (16×16×64 at batch 64: 21.9 against 8.0 ms), and Eigen's forward and input gradient were as fast
-  or faster. mu_jax appends :data:`EIGEN_CONV_FLAG` to ``XLA_FLAGS`` where the installed jaxlib
-  defines that experimental flag (XLA aborts on one it does not know); matrix products (the
-  im2col lowering of :mod:`mu_jax.ops.conv`, dense layers) still go to YNNPACK, which multiplies
-  at ~300 GFLOP/s on 2 cores.
+  hands convolutions to YNNPACK, which runs the weight gradient of a convolution (a convolution
+  whose "kernel" is the whole feature map) much slower than XLA's Eigen convolution, while Eigen's
+  forward and input gradient are as fast or faster. mu_jax appends :data:`EIGEN_CONV_FLAG` to
+  ``XLA_FLAGS`` where the installed jaxlib defines that experimental flag (XLA aborts on one it
+  does not know); matrix products (the im2col lowering of :mod:`mu_jax.ops.conv`, dense layers)
+  still go to YNNPACK, which multiplies well.
 * **Freed host memory kept for reuse** (opt-in: ``MU_JAX_KEEP_FREED_MEMORY=1``). XLA allocates a
   step's temporaries afresh on every execution; glibc serves large blocks with ``mmap`` and returns
   them with ``munmap``, so every step page-faults its whole working set again (~200k faults per
   ResNet-18 step at 128×128, batch 64). With one malloc arena, ``mmap`` disabled for malloc and
   trimming of the heap off (:func:`keep_freed_memory`), later steps reuse the same pages and the
-  process keeps its peak heap until it exits. It pays off for large steps (ResNet-18 at 128×128:
-  38 → 49 images/s) and costs small ones: with one arena every thread, XLA's compiler included,
-  shares one malloc lock, and the synthetic main job's training took 24 instead of 17 s. Hence
-  opt-in, for training on 64×64 images and larger.
+  process keeps its peak heap until it exits. It trades page faults for lock contention: large
+  steps gain, but with one arena every thread, XLA's compiler included, shares one malloc lock,
+  which costs more than it saves on small, fast steps. Hence opt-in, for training on 64×64 images
+  and larger.
 
 * **mu_jax's convolution lowerings** (:mod:`mu_jax.ops.conv`: per-pass plans and the native
   direct kernels on the CPU) are installed behind the model layers' one convolution hook
@@ -33,7 +32,7 @@ allocation):
 ``MU_JAX_CPU_TUNING=0`` in the environment turns the first two off. Whether the flag could still be
 applied is recorded in :data:`EIGEN_CONVOLUTIONS`, which :mod:`mu_jax.ops.conv` reads to choose
 its lowering (the choice depends on which library runs XLA's convolutions).
-Measurements: ``benchmarks/train_step.py`` and BUILD_NOTES.md.
+Measurements: ``benchmarks/train_step.py`` and BUILD_NOTES.md, "CPU settings on import".
 """
 
 from __future__ import annotations
@@ -143,8 +142,8 @@ def keep_freed_memory() -> bool:
   except OSError:
     return False
   # One arena: the heaps of per-thread arenas are trimmed on their own terms, so XLA's worker
-  # threads would still fault fresh pages in on every step (measured: 48k faults per 64×64 step
-  # with the two settings below alone, none with all three).
+  # threads would still fault fresh pages in on every step (BUILD_NOTES.md, "CPU settings on
+  # import").
   settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX))
   return all([libc.mallopt(param, value) == 1 for param, value in settings])
 

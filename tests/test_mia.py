@@ -84,12 +84,14 @@ def test_rejects_bad_input(bad, match):
 
 
 def _truncated(x: float) -> float:
-  """The README truncates the 4th decimal (REFERENCE §1.7); 1e-9 absorbs binary rounding."""
+  """The README truncates the 4th decimal (see README_ROWS); 1e-9 absorbs binary rounding."""
   return math.floor(x * 1e4 + 1e-9) / 1e4
 
 
-# REFERENCE.md §1.7: (test acc, README "MIA" = forgetting score, README Final, printed precise Final).
-# Precise values are the old Full_Experiments prints, given to 5 decimals.
+# ndb796/MachineUnlearning@9813cd7:README.md ("Models Performance"): (test acc, README "MIA" =
+# forgetting score, README Final, printed precise Final). Precise values are the prints of
+# ndb796/MachineUnlearning@14a106c:01_MUFAC/Machine_Unlearning_MUFAC_Full_Experiments.ipynb
+# cells 36, 47, 51, given to 5 decimals.
 README_ROWS = {
     "mufac_original": (0.5951, 0.2136, 0.5839, None),
     "mufac_finetune": (0.60559, 0.21296, 0.5898, 0.58984),

@@ -29,7 +29,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.model = ml_collections.ConfigDict({"name": "resnet18", "width": 64, "stem": "imagenet",
                                        "dtype": "float32"})
-  # The MUFAC original recipe (REFERENCE.md §1.4): SGD momentum 0.9, lr 0.01, ÷10 at 10 and 20.
+  # The MUFAC original recipe (docs/datasets.md#training-recipes): SGD momentum 0.9, lr 0.01, ÷10 at
+  # 10 and 20.
   c.train = ml_collections.ConfigDict({
       "epochs": 30, "batch_size": 64, "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0,
       "lr_boundaries": (10, 20), "lr_decay": 0.1, "augment": True, "eval_batch_size": 256})

@@ -7,9 +7,11 @@ Run (DIR holds CelebA-HQ-identity.txt, CelebA-HQ-attribute.txt and CelebA-HQ-img
 
 Variants: ``task=multilabel`` (default; 3 sigmoid logits, BCE, SGD lr 0.01 without momentum,
 8 epochs, constant lr) or ``task=binary:Male|Smiling|Young`` (2-way CE, SGD lr 0.01 momentum 0.9,
-10 epochs), as REFERENCE.md §1.4. ``runlocal``: 2 epochs at 32×32 with a small CNN.
+10 epochs), as the reference notebooks (docs/datasets.md#training-recipes). ``runlocal``: 2 epochs
+at 32×32 with a small CNN.
 Counts on the full 30k copy: train 25,933, test 2,065, forget 10,183, retain 15,750, unseen 2,002.
-The reference's multi-label original reaches mean attribute accuracy 0.8852.
+The reference's multi-label original reaches mean attribute accuracy 0.8852. The benchmark prints
+the result table (docs/metrics.md). Cost: not measured; no MUCAC run has been timed yet.
 """
 
 from experiments.configs import common

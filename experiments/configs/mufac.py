@@ -9,10 +9,12 @@ Variants: ``protocol=paper`` (default; forget = the first 1,500 train rows, as t
 which shares the person F0046_D with retain: reported, not hidden) or ``protocol=identity`` (whole
 persons, 15% of train persons, seeded). ``runlocal``: 2 epochs at 32×32, small CNN (a smoke test).
 
-The recipe is the reference's (REFERENCE.md §1.4): ResNet-18 from scratch, SGD momentum 0.9,
-lr 0.01 ÷10 at epochs 10 and 20, 30 epochs, batch 64, the reference augmentation. inspect_data
-prints 10,025 / 1,539 / 1,504 train / test / unseen images. The reference's published original
-model reaches test accuracy 0.5952.
+The recipe is the reference's (docs/datasets.md#training-recipes): ResNet-18 from scratch, SGD
+momentum 0.9, lr 0.01 ÷10 at epochs 10 and 20, 30 epochs, batch 64, the reference augmentation.
+inspect_data prints 10,025 / 1,539 / 1,504 train / test / unseen images and the leak check
+(docs/datasets.md, "Known quirks of the real data"). The benchmark prints the result table
+(docs/metrics.md); the reference's published original model reaches test accuracy 0.5952. Cost: not
+measured; no end-to-end MUFAC run has been timed on any machine yet.
 """
 
 from experiments.configs import common

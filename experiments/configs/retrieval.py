@@ -9,8 +9,9 @@ Run:
 Variants (comma-separated after the colon):
   runlocal     40 synthetic persons × 10 images at 32×32 (28 train persons, 8 forgotten), the small
                CNN trunk (width 16, 128-d embedding), 80 epochs per model. Measured: 4.7 min wall,
-               2.7 min CPU on a shared 2-core machine for both models and all six methods (about a
-               third of it compiling); a second run with the same flags only rebuilds the table.
+               2.7 min CPU for both models and all six methods on the 2-core AMD EPYC (Zen 5)
+               development machine, shared with other jobs (about a third of it compiling); a
+               second run with the same flags only rebuilds the table.
   data=folder  one folder per person (VGGFace2/LFW/ORL layout) from --config.data.data_dir, at
                ``image_size`` 32, 20 % of the train persons forgotten, training with the reference
                augmentation (real photos lack the synthetic nuisances).
@@ -18,8 +19,8 @@ Variants (comma-separated after the colon):
 
 Default: 60 synthetic persons × 10 images (42 train persons, 8 forgotten), ResNet-18 trunk at width
 16 with the CIFAR stem and a 512-d embedding, CosFace s = 16, 80 epochs (÷10 at 60). A train step
-takes about 0.3 s on 2 CPU cores (30 s to compile), so expect 20-30 minutes there for everything
-(an estimate from step times, not a measured end-to-end run); minutes on a GPU.
+takes about 0.3 s on the same 2 CPU cores (30 s to compile), so expect 20-30 minutes there for
+everything (an estimate from step times: the default has not been run end to end).
 
 Data: "synthetic_identities" (:mod:`mu_jax.retrieval.data`): per-image background, colour cast,
 geometry, age and shift, so that a person is recognisable only to a model that trained on them

@@ -1,5 +1,10 @@
 """Reader for one-folder-per-person face sets (VGGFace2, CASIA-WebFace, LFW, ORL style).
 
+The layout is the one these sets are distributed in: VGGFace2 (Cao et al., FG 2018, arXiv
+1710.08092), CASIA-WebFace (Yi et al., arXiv 1411.7923), LFW (Huang et al., UMass Amherst technical
+report 07-49, 2007), the ORL / AT&T faces (Samaria and Harter, IEEE WACV 1994). See
+docs/datasets.md#identity-folders.
+
 Layout::
 
   ROOT/<person>/<image>.(jpg|jpeg|png|pgm|bmp)

@@ -1,6 +1,6 @@
 """MUCAC reader: CelebA-HQ faces with identity numbers and three binary attributes.
 
-Layout (REFERENCE.md §1.3; the ``CelebAMask-HQ`` folder of the reference)::
+Layout (docs/datasets.md#mucac; the ``CelebAMask-HQ`` folder of the reference)::
 
   ROOT/CelebA-HQ-identity.txt    lines "file_name identity", e.g. "0.jpg 2880"
   ROOT/CelebA-HQ-attribute.txt   line 1: the number of images; line 2: the 40 attribute names;
@@ -44,7 +44,8 @@ IMAGE_DIR = "CelebA-HQ-img"
 ATTRIBUTES = ("Male", "Smiling", "Young")
 TASKS = ("multilabel",) + tuple(f"binary:{a}" for a in ATTRIBUTES)
 FORGET_MODES = ("range", "identity")
-# Reference boundaries: Multi_Label_Base_Models cells 10-15 (REFERENCE.md §1.3).
+# Reference boundaries: ndb796/MachineUnlearning@9813cd7:02_MUCAC/multi_label_classification/
+# Machine_Unlearning_MUCAC_Multi_Label_Base_Models.ipynb cells 10-15 (docs/datasets.md#mucac).
 TEST_MAX, FORGET_MAX, RETAIN_MAX = 190, 1250, 4855
 # Accepted header of the identity file: (first column names, second column names), lower case.
 IDENTITY_HEADER_NAMES = (

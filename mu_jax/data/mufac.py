@@ -1,6 +1,7 @@
 """MUFAC reader: the published ``custom_korean_family_dataset_resolution_128`` folder, unchanged.
 
-Layout (REFERENCE.md §1.2)::
+Layout (docs/datasets.md#mufac;
+ndb796/MachineUnlearning@9813cd7:01_MUFAC/Machine_Unlearning_MUFAC_Base_Models.ipynb)::
 
   ROOT/custom_train_dataset.csv   ROOT/train_images/   -> D_train
   ROOT/custom_val_dataset.csv     ROOT/val_images/     -> D_test   (the reference uses val as test)

@@ -1,5 +1,7 @@
 """Synthetic faces: the embedded default data set, deterministic and offline.
 
+mu_jax's own design, not a published data set (docs/datasets.md#synthetic-faces).
+
 Each person gets a face shape, skin and hair colour, eye placement, a beard (men) and a fine
 per-person texture. Each image of a person has an age class (the person's base age, moved by at
 most one class between photos) and a smile drawn per image, plus nuisances: position, brightness,

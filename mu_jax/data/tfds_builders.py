@@ -28,9 +28,9 @@ source file: the CSV row order for MUFAC, the identity-file order for MUCAC). ``
 source order that the MUFAC paper forget set ("the first 1,500 rows") depends on; the builders also
 disable TFDS's shuffling, but :func:`read_tfds` does not rely on it.
 
-Splits: MUFAC train / test / unseen = the train / val / test CSV (REFERENCE.md §1.2). MUCAC train /
-test / unseen by the reference identity ranges (190 and 4855); :func:`read_tfds` joins them again and
-applies whatever boundaries it is given, so a prepared copy does not fix the protocol.
+Splits: MUFAC train / test / unseen = the train / val / test CSV (docs/datasets.md#mufac). MUCAC
+train / test / unseen by the reference identity ranges (190 and 4855); :func:`read_tfds` joins them
+again and applies whatever boundaries it is given, so a prepared copy does not fix the protocol.
 
 The parsing is the readers' own (:func:`mufac.parse_mufac`, :func:`mucac.parse_mucac`), so the two
 paths accept and refuse exactly the same files.

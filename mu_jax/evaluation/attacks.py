@@ -4,22 +4,26 @@ Two families, both reading per-example outputs that the device code already wrot
 
 **Threshold attacks on a score** (:func:`roc_curve_scores`, :func:`auroc`, :func:`tpr_at_fpr`,
 :func:`loss_attack`). Members should score higher than non-members; for the loss attack the score is
-−loss, since a model fits the examples it was trained on. Besides the AUROC, the true-positive rate at
-a low false-positive rate is reported, because an attack that is confident on a few examples is a
+−loss, since a model fits the examples it was trained on. Besides the AUROC, the true-positive rate
+at a low false-positive rate is reported, because an attack that is confident on a few examples is a
 privacy risk even when its average accuracy is near chance (Carlini et al., "Membership Inference
-Attacks From First Principles", S&P 2022). Percentile-bootstrap intervals resample members and
-non-members independently, since the two sets are drawn independently. The statistics are exact for
-the empirical ROC (no smoothing, no interpolation), following how jax_privacy audits on the host.
+Attacks From First Principles", IEEE S&P 2022, arXiv 2112.03570). Percentile-bootstrap intervals
+resample members and non-members independently, since the two sets are drawn independently. The
+statistics are exact for the empirical ROC (no smoothing, no interpolation), following how
+jax_privacy audits on the host (google-deepmind/jax_privacy@3740a65:jax_privacy/auditing.py).
+Columns: docs/metrics.md.
 
 **SVC-MIA** (:func:`svc_mia`, :func:`svc_mia_all`, :func:`svc_mia_forget_efficacy`), the attack used
-by SalUn and ℓ1-sparse unlearning (REFERENCE.md §6, "SVC-MIA"): an RBF support-vector classifier
-(``SVC(C=3, gamma="auto")``) is fit on shadow members (the first |D_test| retain examples) against
-shadow non-members (D_test), one classifier per feature, and MIA-efficacy is the fraction of D_forget
-it calls non-member (higher = more forgotten). Features are built from softmax probabilities and the
+by SalUn and ℓ1-sparse unlearning (OPTML-Group/Unlearn-Sparse@16a2dbc:evaluation/SVC_MIA.py,
+``SVC_MIA_forget_efficacy`` in its main_forget.py; docs/metrics.md#svc_mia_confidence): an RBF
+support-vector classifier (``SVC(C=3, gamma="auto")``) is fit on shadow members (the first |D_test|
+retain examples) against shadow non-members (D_test), one classifier per feature, and MIA-efficacy
+is the fraction of D_forget it calls non-member (higher = more forgotten). Features are built from
+softmax probabilities and the
 label: correctness, confidence p_y, entropy, modified entropy and the whole probability vector.
 
 The modified entropy follows Song & Mittal ("Systematic Evaluation of Privacy Risks of Machine
-Learning Models", USENIX Security 2021):
+Learning Models", USENIX Security 2021, arXiv 2003.10595):
 
     Mentr(p, y) = −(1 − p_y)·log(p_y) − Σ_{i≠y} p_i·log(1 − p_i).
 

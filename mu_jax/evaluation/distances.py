@@ -1,7 +1,7 @@
 """How far an unlearned model is from the retrained one, from saved logits and parameters.
 
 The retrained model (trained from scratch on D_retain) is the gold standard of unlearning, so the
-report always compares against it, never against the original (DESIGN.md, "Result files":
+report always compares against it, never against the original (docs/metrics.md, result columns
 ``kl_to_retrained_forget``, ``js_to_retrained_forget``).
 
 Direction: :func:`kl_divergence` takes ``p_logits`` from the unlearned model and ``q_logits`` from the

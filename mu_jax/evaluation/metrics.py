@@ -1,10 +1,12 @@
 """Accuracy and per-example loss from saved logits, on the host (numpy only).
 
 Every evaluation in mu_jax starts from the per-example outputs a model wrote to
-``WORKDIR/<stage>/outputs/<split>.npz`` (see DESIGN.md, "Result files"): logits of shape [N, C] and
-labels of shape [N] (``task="multiclass"``: softmax + cross-entropy) or [N, A] of 0/1
+``WORKDIR/<stage>/outputs/<split>.npz`` (docs/metrics.md#per-example-outputs): logits of shape [N,
+C] and labels of shape [N] (``task="multiclass"``: softmax + cross-entropy) or [N, A] of 0/1
 (``task="multilabel"``: one sigmoid per attribute + binary cross-entropy). The functions here turn
-those arrays into the accuracies and losses the reference protocol reports (REFERENCE.md §1.6):
+those arrays into the accuracies and losses the reference protocol reports
+(ndb796/MachineUnlearning@9813cd7:01_MUFAC/ Machine_Unlearning_MUFAC_Base_Models.ipynb cells 26-27;
+docs/metrics.md):
 
 - top-1 and top-2 accuracy (MUFAC reports both);
 - multi-label accuracy: an attribute is predicted present when its sigmoid exceeds 0.5, which is the

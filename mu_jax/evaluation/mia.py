@@ -1,8 +1,10 @@
 """The MUFAC/MUCAC reference membership-inference attack and the NoMUS score.
 
-:func:`reference_mia` reproduces ``cal_mia`` from ndb796/MachineUnlearning (REFERENCE.md §1.6; the
+:func:`reference_mia` reproduces ``cal_mia`` from ndb796/MachineUnlearning@9813cd7:01_MUFAC/
+Machine_Unlearning_MUFAC_Base_Models.ipynb cell 27 (docs/metrics.md#mia_attack_acc; the
 same function in every MUFAC and MUCAC notebook) step for step, so that a number computed here can be
-put beside the README tables of §1.7:
+put beside the result tables of the reference README (ndb796/MachineUnlearning@9813cd7:README.md,
+"Models Performance"):
 
 1. ``set_seed(42)`` and then ``np.random.shuffle(forget_losses)``;
 2. the forget losses are truncated to ``len(unseen_losses)`` (only the forget side is cut);
@@ -13,7 +15,8 @@ put beside the README tables of §1.7:
    (default test_size 0.1);
 5. attack accuracy = the mean of the 10 fold accuracies, forgetting score = |accuracy − 0.5|.
 
-The README's "MIA" column is the forgetting score, not the attack accuracy (§1.7); both are returned
+The README's "MIA" column is the forgetting score, not the attack accuracy (recomputing its NoMUS
+column from test accuracy and this score gives the printed values); both are returned
 under explicit names so the two are never confused.
 
 :func:`nomus` is the README's "Final Score".

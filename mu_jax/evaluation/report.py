@@ -1,4 +1,4 @@
-"""One result row per model, and the files that hold them (``docs/workdir.md``).
+"""One result row per model, and the files that hold them (``docs/workdir.md``, ``docs/metrics.md``).
 
 :func:`model_row` turns the per-example outputs of every split (``<stage>/outputs/<split>.npz``)
 into the flat row of the contract: accuracies, the reference attack (raw accuracy *and* forgetting

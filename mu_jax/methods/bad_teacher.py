@@ -1,8 +1,9 @@
 """Bad Teacher: distil from a competent teacher on retain and from an incompetent one on forget.
 
 Chundawat, Tarun, Mandal and Kankanhalli, "Can Bad Teaching Induce Forgetting? Unlearning in Deep
-Networks using an Incompetent Teacher", AAAI 2023 (arXiv 2205.08096). A baseline of CURE and 1SHUI
-(REFERENCE §6, row "Bad Teacher, SSD", which gives no Bad Teacher hyperparameters).
+Networks using an Incompetent Teacher", AAAI 2023 (arXiv 2205.08096). A baseline of CURE (arXiv
+2509.19562) and of De Min et al., "Unlearning Personal Data from a Single Image", TMLR 2025
+(tdemin16/one-shui@d2b895b:method/approaches/bad_teacher.py); see docs/methods.md#bad_teacher.
 
 The student starts as the original model. Two frozen teachers live in ``aux``: the competent one
 (the original) and the incompetent one (the same architecture freshly initialised by
@@ -15,10 +16,12 @@ Each example is distilled from the teacher its membership selects:
 which is the official ``UnlearnerLoss``: ``F.kl_div(log_softmax(s/T), teacher_probs)`` with torch's
 default ``reduction="mean"``, an average over the batch *and* the C classes (hence the 1/C; no T²).
 
-The official recipe (``blindspot_unlearner``: forget ∪ a random 30% of retain shuffled together,
-1 epoch, Adam lr 1e-4, batch 256, ``KL_temperature=1``; teachers in eval mode, the student in train
-mode) is read from copies of vikram2000b/bad-teaching-unlearning's ``unlearn.py`` and its CIFAR
-notebook in other public repositories, not from the official repository itself: UNVERIFIED.
+The loss and the loop (``UnlearnerLoss``, ``blindspot_unlearner``: forget ∪ retain shuffled together,
+teachers in eval mode, the student in train mode) are those of
+vikram2000b/bad-teaching-unlearning@0aab08c:unlearn.py, whose function defaults are 10 epochs,
+Adam lr 0.01, batch 256. The recipe used here (a random 30% of retain, 1 epoch, Adam lr 1e-4,
+batch 256, ``KL_temperature=1``) is the call in the authors' CIFAR notebook as copied into other
+public repositories; it was not checked against the official repository's notebook.
 
 Here batches come from the driver's ``paired`` stream: every step sees a forget batch and a retain
 batch of ``RunConfig.batch_size`` each, concatenated into one train-mode forward pass (the official
@@ -69,7 +72,7 @@ def bad_teaching_kl(student_logits: jax.Array, good_logits: jax.Array, bad_logit
 
 def bad_teacher(temperature: float = 1.0, lr: float = 1e-4, epochs: int = 1,
                 stream: str = "paired") -> Unlearner:
-  """Bad-teacher distillation (defaults: the official recipe, UNVERIFIED; see the module docstring).
+  """Bad-teacher distillation (defaults: the authors' CIFAR recipe; see the module docstring).
 
   Args:
     temperature: ``KL_temperature`` (1).

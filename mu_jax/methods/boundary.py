@@ -1,8 +1,9 @@
 """Boundary Unlearning (Chen et al., "Boundary Unlearning: Rapid Forgetting of Deep Networks via
-Shifting the Decision Space", CVPR 2023): Boundary Shrink and Boundary Expanding.
+Shifting the Decision Boundary", CVPR 2023, arXiv 2303.11570): Boundary Shrink and Boundary Expanding.
 
 Both fine-tune on the forget set only, following SalUn's baselines
-[SalUn:Classification/unlearn/boundary_sh.py, boundary_ex.py] (REFERENCE.md §6).
+[OPTML-Group/Unlearn-Saliency@ac880a2:Classification/unlearn/boundary_sh.py and
+@f31f82e:Classification/unlearn/boundary_ex.py] (docs/methods.md#boundary_shrink).
 
 * ``boundary_shrink``: a frozen copy f₀ of the original model (kept in aux, eval mode) finds for
   each forget image its neighbouring class. One FGSM step of size ``bound`` against f₀,
@@ -19,10 +20,10 @@ Both fine-tune on the forget set only, following SalUn's baselines
   built C+1-way layer) lives in aux and gets its own SGD update with the same lr inside each step.
   Pruning = dropping that column: the final state keeps the C outputs exactly as training left
   them. SalUn's code trains to the shadow label but does not show the pruning; the pruning follows
-  the account of the paper in REFERENCE.md §6. Multiclass only.
+  the paper's description. Multiclass only.
 
 Defaults: SGD lr 0.001 without momentum and batch 64 (the MUFAC reference's unlearning optimizer,
-REFERENCE.md §1.5; MUFAC has no boundary runs), 10 epochs over the forget set (SalUn's
+docs/methods.md#neggrad; MUFAC has no boundary runs), 10 epochs over the forget set (SalUn's
 ``--unlearn_epochs`` default, and the 10 epochs for BS and BE that the same group states in
 OPTML-Group/Unlearn-WorstCase issue #1; the forget set is small, so this is ~10·|D_f|/64 steps). SalUn's parser default lr is 0.01 with momentum 0.9
 and weight decay 5e-4; its authors searched the lr per setting.

@@ -1,12 +1,13 @@
 """Fine-tuning, CF-k and EU-k: forgetting by further training on the retain set only.
 
 * ``finetune``: catastrophic forgetting by training on D_retain. MUFAC reference: 2 epochs of CE,
-  SGD lr 0.001 without momentum, batch 64 [MU FineTuing cell 22]; Unlearn-Sparse uses lr 0.01 for
-  10 epochs on CIFAR-10.
-* ``cf_k`` (Goel et al., "Towards Adversarial Evaluations for Inexact Machine Unlearning", 2022):
-  only the last k blocks train; k=3 on ResNet-18 is layer3, layer4 and fc, 2 epochs at lr 0.001
-  [MU FineTuing cells 25-27]. BatchNorm statistics of frozen blocks still update, as in the
-  reference (the model is in ``train()`` mode; only ``requires_grad`` is off).
+  SGD lr 0.001 without momentum, batch 64
+  [ndb796/MachineUnlearning@9813cd7:01_MUFAC/Machine_Unlearning_MUFAC_FineTuing.ipynb cell 22];
+  Unlearn-Sparse uses lr 0.01 for 10 epochs on CIFAR-10.
+* ``cf_k`` (Goel et al., "Towards Adversarial Evaluations for Inexact Machine Unlearning", arXiv
+  2201.06640): only the last k blocks train; k=3 on ResNet-18 is layer3, layer4 and fc, 2 epochs at
+  lr 0.001 [the same notebook, cells 25-27]. BatchNorm statistics of frozen blocks still update, as
+  in the reference (the model is in ``train()`` mode; only ``requires_grad`` is off).
 * ``eu_k`` (same paper): the last k blocks are re-initialised, then trained on retain while the
   rest stays frozen.
 """

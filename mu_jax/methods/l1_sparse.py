@@ -3,7 +3,8 @@ arXiv 2304.04934): fine-tune on the retain set with an ℓ1 penalty that pushes 
 
 Loss per step: CE(retain) + α_t·‖θ‖₁, with ‖θ‖₁ over every parameter (BN scales and biases
 included, as ``model.parameters()`` in the official code) and the schedule of ``FT_l1``
-[Sparse:unlearn/FT.py; SalUn:Classification/unlearn/FT.py]: constant within an epoch,
+[OPTML-Group/Unlearn-Sparse@16a2dbc:unlearn/FT.py; OPTML-Group/Unlearn-Saliency@f31f82e:
+Classification/unlearn/FT.py]: constant within an epoch,
 
     α_t = α·(1 − t / (E − no_l1_epochs))   for epoch t < E − no_l1_epochs (t counts from 0),
     α_t = 0                                 for the last ``no_l1_epochs`` epochs,
@@ -11,12 +12,13 @@ included, as ``model.parameters()`` in the official code) and the schedule of ``
 so the first epoch uses α and the penalty decays linearly from there. The driver's
 ``info["epoch"]`` gives t (this method has a single phase, so the run's epoch is the phase's).
 
-Defaults: lr 0.01, 10 epochs [Sparse:README.MD `--unlearn FT_prune --unlearn_lr 0.01
---unlearn_epochs 10`], with the official code's SGD (momentum 0.9, weight decay 5e-4,
-[SalUn:Classification/arg_parser.py; unlearn/impl.py]); there is no MUFAC reference run.
-α = 5e-4 is **UNVERIFIED**: the README leaves ``--alpha ${alpha}`` open (REFERENCE.md §6). A later
-README example writes ``--alpha 0.2``, the shared parser's default whose help text calls it the
-"unlearn noise" of the Fisher methods; 0.2·‖θ‖₁ would dwarf the CE of a ResNet-18.
+Defaults: lr 0.01, 10 epochs [OPTML-Group/Unlearn-Sparse@517c320:README.MD `--unlearn FT_prune
+--unlearn_lr 0.01 --unlearn_epochs 10`], with the official code's SGD (momentum 0.9, weight decay
+5e-4, [OPTML-Group/Unlearn-Saliency@f31f82e:Classification/arg_parser.py;
+@1ceff3f:Classification/unlearn/impl.py]); there is no MUFAC reference run. α = 5e-4 is mu_jax's
+choice, not a published value: the README leaves ``--alpha ${alpha}`` open. A later README example
+writes ``--alpha 0.2``, the shared parser's default whose help text calls it the "unlearn noise"
+of the Fisher methods; 0.2·‖θ‖₁ would dwarf the CE of a ResNet-18.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def l1_sparse(alpha: float = 5e-4, lr: float = 1e-2, epochs: int = 10, no_l1_epo
   """Fine-tune on retain with a linearly decaying ℓ1 penalty (defaults: the official code's).
 
   Args:
-    alpha: the initial ℓ1 weight α (UNVERIFIED default, see the module docstring).
+    alpha: the initial ℓ1 weight α (mu_jax's default, not a published value; see the module
+      docstring).
     lr: SGD learning rate.
     epochs: passes over the retain set (E).
     no_l1_epochs: final epochs without the penalty.

@@ -2,11 +2,13 @@
 
 * ``neggrad``: minimise −CE(f(x_f), y_f). The MUFAC reference loops over the retain loader and
   uses only a cycled forget batch per step (134 steps per epoch, 2 epochs, SGD lr 0.001)
-  [MU NegGrad cell 23]: ``stream="paired"`` reproduces that; ``stream="forget"`` is one pass over
-  the forget set per epoch (the MUCAC multi-label reference, and SalUn's GA).
-* ``neggrad_plus`` (Kurmanji et al., NeurIPS 2023): minimise α·CE(retain) − (1−α)·CE(forget) in
-  one joint step on paired batches. The MUFAC reference's "Advanced NegGrad" is CE_r − CE_f, i.e.
-  α = 0.5 with the loss doubled: ``alpha=0.5, scale=2.0`` (the defaults).
+  [ndb796/MachineUnlearning@9813cd7:01_MUFAC/Machine_Unlearning_MUFAC_NegGrad.ipynb cell 23]:
+  ``stream="paired"`` reproduces that; ``stream="forget"`` is one pass over the forget set per
+  epoch (the MUCAC multi-label reference, and SalUn's GA).
+* ``neggrad_plus`` (Kurmanji et al., NeurIPS 2023, arXiv 2302.09880): minimise
+  α·CE(retain) − (1−α)·CE(forget) in one joint step on paired batches. The MUFAC reference's
+  "Advanced NegGrad" is CE_r − CE_f, i.e. α = 0.5 with the loss doubled: ``alpha=0.5, scale=2.0``
+  (the defaults).
 """
 
 from __future__ import annotations

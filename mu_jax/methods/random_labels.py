@@ -1,10 +1,11 @@
 """Random Labeling (RL): train on the forget set with random wrong labels, and on the retain set.
 
-The idea goes back to Amnesiac unlearning (Graves et al., "Amnesiac Machine Learning", AAAI 2021;
-citation UNVERIFIED in REFERENCE.md §6). The version here follows the RL baseline of SalUn's code
-[SalUn:Classification/unlearn/RL.py]: forget images get random labels and the model is trained with
-CE on them and on the retain set. SalUn runs either a pass over the relabelled forget set then a
-pass over retain (CIFAR-10/SVHN), or one pass over their concatenation (CIFAR-100/TinyImageNet);
+The idea goes back to Amnesiac unlearning (Graves, Nagisetty and Ganesh, "Amnesiac Machine
+Learning", AAAI 2021, arXiv 2010.10981). The version here follows the RL baseline of SalUn's code
+[OPTML-Group/Unlearn-Saliency@ac880a2:Classification/unlearn/RL.py]: forget images get random
+labels and the model is trained with CE on them and on the retain set. SalUn runs either a pass
+over the relabelled forget set then a pass over retain (CIFAR-10/SVHN), or one pass over their
+concatenation (CIFAR-100/TinyImageNet);
 here each step takes a forget batch and a retain batch together (``paired`` stream: an epoch is a
 pass over retain with the forget set cycled) and minimises CE(forget, random labels) + CE(retain).
 
@@ -16,7 +17,7 @@ Two deliberate differences from SalUn's code:
 Multilabel tasks get an independent fair coin per attribute (a "wrong" 0/1 vector is not defined).
 
 Defaults: SGD lr 0.001 without momentum, batch 64, 2 epochs (the MUFAC reference's unlearning
-optimizer and budget, REFERENCE.md §1.5; MUFAC itself has no RL run). SalUn uses 10 epochs with
+optimizer and budget, docs/methods.md#finetune; MUFAC itself has no RL run). SalUn uses 10 epochs with
 lr searched in [1e-4, 1e-1] on CIFAR-10.
 """
 

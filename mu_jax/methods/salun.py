@@ -2,7 +2,8 @@
 via Gradient-based Weight Saliency in Both Image Classification and Generation", ICLR 2024,
 arXiv 2310.12508).
 
-Two phases, as the official code runs them [SalUn:Classification/generate_mask.py; unlearn/RL.py]:
+Two phases, as the official code runs them [OPTML-Group/Unlearn-Saliency@ac880a2:
+Classification/generate_mask.py and Classification/unlearn/RL.py]:
 
 1. ``saliency`` (one pass over the forget set, no augmentation, model in eval mode, nothing on the
    model changes): accumulate g = Σ_batches ∇θ(−CE(f(x_f), y_f)), the batch-mean gradient summed
@@ -18,7 +19,7 @@ Two phases, as the official code runs them [SalUn:Classification/generate_mask.p
    move them (SalUn's code restores them from θ₀ the same way).
 
 Defaults: threshold 0.5 (the README's ``with_0.5.pt``); SGD lr 0.001 without momentum, 2 epochs,
-batch 64 (the MUFAC reference's unlearning optimizer and budget, REFERENCE.md §1.5). The SalUn
+batch 64 (the MUFAC reference's unlearning optimizer and budget, docs/methods.md#finetune). The SalUn
 README's CIFAR-10 example uses lr 0.013 for 10 epochs with the code's SGD (momentum 0.9, weight
 decay 5e-4); that lr is tuned for CIFAR-10 at batch 256 and is not carried over.
 """

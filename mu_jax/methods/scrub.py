@@ -1,21 +1,26 @@
 """SCRUB: a student distils from the original model on retain and moves away from it on forget.
 
 Kurmanji, Triantafillou, Hayes and Triantafillou, "Towards Unbounded Machine Unlearning",
-NeurIPS 2023. The student starts as the original model; the teacher is a frozen copy of the
-original, kept in ``aux`` (parameters and BatchNorm statistics). Two variants (REFERENCE §7.4):
+NeurIPS 2023, arXiv 2302.09880. The student starts as the original model; the teacher is a frozen
+copy of the original, kept in ``aux`` (parameters and BatchNorm statistics). Two variants
+(docs/methods.md#scrub):
 
-* :func:`scrub`: the MUFAC/MUCAC reference's simplified SCRUB [MU:01_MUFAC/
-  Machine_Unlearning_MUFAC_SCRUB.ipynb cells 24-26]. Each epoch is a full pass over **retain**
+* :func:`scrub`: the MUFAC/MUCAC reference's simplified SCRUB
+  [ndb796/MachineUnlearning@9813cd7:01_MUFAC/Machine_Unlearning_MUFAC_SCRUB.ipynb cells 24-26].
+  Each epoch is a full pass over **retain**
   minimising ``CE + KL`` followed by a full pass over **forget** minimising ``-KL``, with
   ``DistillKL(T=4)`` = KL(softmax(t/T) ‖ log_softmax(s/T)) · T² / batch (``size_average=False``,
   i.e. the per-example KL averaged over the batch: :func:`mu_jax.methods.common.kl_div`), SGD lr
   0.001 without momentum, 2 epochs, batch 64.
   MUCAC multi-label reference: **only the retain pass** runs, with BCE + KL, where the KL is the
   same DistillKL applied to the 3 attribute logits (a softmax across attributes), 2 epochs, lr
-  0.001 [MU@7275986 Multi_Label Full cells 73-78]; ``task="multilabel"`` does exactly that.
+  0.001 [ndb796/MachineUnlearning@7275986:02_MUCAC/multi_label_classification/
+  Machine_Unlearning_MUCAC_Multi_Label_Full_Experiments.ipynb cells 73-78]; ``task="multilabel"``
+  does exactly that.
   MUCAC binary reference: lr 0.0001, 1 epoch, both passes (``scrub(lr=1e-4, epochs=1)``).
-* :func:`scrub_official`: the official algorithm [SCRUBrepo:small_scale_unlearning.ipynb cell 30
-  (config), cell 34 (loop); thirdparty/repdistiller/helper/loops.py ``train_distill``]: for epoch
+* :func:`scrub_official`: the official algorithm [meghdadk/SCRUB@812dd5d:small_scale_unlearning.ipynb
+  cell 30 (config), cell 34 (loop); meghdadk/SCRUB@98ffb11:thirdparty/repdistiller/helper/loops.py
+  ``train_distill``]: for epoch
   e = 1..10, max-steps (``-KL`` on forget) only while e <= msteps = 3, then min-steps
   (``gamma * CE + alpha * KL`` on retain) every epoch, with gamma 1, alpha 0.5, beta 0, T 2, Adam
   lr 5e-4 with (coupled, torch-style) weight decay 0.1, the learning rate multiplied by 0.1 for
@@ -163,7 +168,7 @@ def scrub_official(alpha: float = 0.5, gamma: float = 1.0, beta: float = 0.0,
                    lr_decay_epochs: Sequence[int] = (5, 8, 9), lr_decay_rate: float = 0.1,
                    weight_decay: float = 0.1, momentum: float = 0.9, optimizer: str = "adam"
                    ) -> Unlearner:
-  """The official SCRUB (defaults: the official small-scale config, REFERENCE §6).
+  """The official SCRUB (defaults: the official small-scale config, docs/methods.md#scrub_official).
 
   Args:
     alpha: weight of KL(teacher ‖ student) in the min-steps (0.5).

@@ -1,9 +1,9 @@
 """Selective Synaptic Dampening (Foster, Schoepf and Brintrup, "Fast Machine Unlearning Without
-Retraining Through Selective Synaptic Dampening", AAAI 2024).
+Retraining Through Selective Synaptic Dampening", AAAI 2024, arXiv 2308.07707).
 
 A retraining-free edit of the weights. Two passes measure a diagonal Fisher importance, the mean
 over batches of the squared batch-mean gradient of the task loss, in eval mode and without
-augmentation [if-loops/selective-synaptic-dampening:ssd.py ``calc_importance``]:
+augmentation [if-loops/selective-synaptic-dampening@77161cc:ssd.py ``calc_importance``]:
 I_f over the forget set and I_D over the full training set (stream ``train`` = retain + forget).
 Then, for every parameter entry (BN scales and biases included; BN running statistics untouched),
 
@@ -15,7 +15,8 @@ is ``optax.set_to_zero()``); the passes only accumulate into aux.
 Hyperparameters (α = "selection weighting", λ = "dampening constant" in the official code):
   * α = 10, λ = 1: the paper's values for ResNet-18 on all CIFAR tasks (the defaults here; the
     official code notes α = 50, λ = 0.1 for PinsFaceRecognition, where classes are more alike).
-  * MUFAC in 1SHUI [1SHUI:method/configs/const.py, batch 128]: dampening 0.1 with selection
+  * MUFAC in De Min et al., "Unlearning Personal Data from a Single Image", TMLR 2025
+    [tdemin16/one-shui@d2b895b:method/configs/const.py, batch 128]: dampening 0.1 with selection
     weighting 50 for 5 forget identities and 1 for 10, i.e. ``ssd(alpha=50, lambda_=0.1)`` and
     ``ssd(alpha=1, lambda_=0.1)``.
 Multilabel tasks use the BCE task loss in the importance (the rule itself is task-agnostic).

@@ -1,13 +1,14 @@
 """UNSIR: impair the model with error-maximising noise, then repair it on the retain set.
 
 Tarun, Chundawat, Mandal and Kankanhalli, "Fast Yet Effective Machine Unlearning", IEEE TNNLS 2023
-(citation details UNVERIFIED, REFERENCE §6). Two variants, kept apart on purpose (REFERENCE §7.4):
+(arXiv 2111.08947). Two variants, kept apart on purpose (docs/methods.md#unsir):
 
 * :func:`unsir`: the MUFAC/MUCAC reference's instance-level variant, which the reference README's
   UNSIR-1 (after impair) and UNSIR-2 (after repair) rows come from
-  [MU@14a106c:01_MUFAC/Machine_Unlearning_MUFAC_UNSIR.ipynb cells 23-27; the same in the MU@7275986
-  MUCAC notebooks]. Per pair of a retain and a forget batch (``zip``, stopping at the shorter; the
-  reference skips pairs where either batch is not full, which is the driver's drop-last):
+  [ndb796/MachineUnlearning@14a106c:01_MUFAC/Machine_Unlearning_MUFAC_UNSIR.ipynb cells 23-27; the
+  same in the ndb796/MachineUnlearning@7275986 MUCAC notebooks]. Per pair of a retain and a forget
+  batch (``zip``, stopping at the shorter; the reference skips pairs where either batch is not full,
+  which is the driver's drop-last):
 
   1. N ~ randn with the batch shape; 5 Adam steps (lr 0.01) on ``-MSE(f(N), f(x_f))``, the
      forget logits held fixed, which pushes the noise logits away from the forget logits;
@@ -20,7 +21,7 @@ Tarun, Chundawat, Mandal and Kankanhalli, "Fast Yet Effective Machine Unlearning
   **Eval mode, as the reference runs it.** The reference calls ``evaluation(unlearned_model, ...)``
   (whose first statement is ``model.eval()``) right before stage 1 and never calls ``.train()``
   again, so every forward pass of both stages uses the BatchNorm running statistics and none of
-  them updates them [MU@14a106c UNSIR notebook: the ``evaluation`` cell and the cell that loads the
+  them updates them [that UNSIR notebook: the ``evaluation`` cell and the cell that loads the
   original model]. ``train_mode=False`` (the default) reproduces that; ``train_mode=True`` runs the
   model steps in train mode (batch statistics, running statistics updated by the noise and retain
   forward passes of the model step, chained) and the noise steps with batch statistics too, but
@@ -29,7 +30,8 @@ Tarun, Chundawat, Mandal and Kankanhalli, "Fast Yet Effective Machine Unlearning
   Multilabel (MUCAC): the same rule with BCE in place of CE (the noise objective is task-free).
 
 * :func:`unsir_class`: the official class-level UNSIR
-  [UNSIRrepo: "Machine Unlearning.ipynb", cells "Training the Noise", "Impair Step", "Repair Step"]:
+  [vikram2000b/Fast-Machine-Unlearning@fc217ce:"Machine Unlearning.ipynb", cells "Training the
+  Noise", "Impair Step", "Repair Step"]:
 
   1. for each forget class c, a noise batch N_c learned by Adam (lr 0.1, 5 epochs x 8 steps) on
      ``-CE(f(N_c), c) + 0.1 * mean_i ||N_c[i]||^2`` (the official batch is 256 images of 32x32;

@@ -1,4 +1,5 @@
-"""ResNet-18 equal to ``torchvision.models.resnet18`` (He et al., CVPR 2016).
+"""ResNet-18 equal to ``torchvision.models.resnet18`` (He et al., "Deep Residual Learning for Image
+Recognition", CVPR 2016, arXiv 1512.03385; pytorch/vision@054e54c:torchvision/models/resnet.py).
 
 7×7/2 stem with padding 3, BN, ReLU, 3×3/2 max-pool with padding 1, four stages of two
 :class:`BasicBlock` (widths 64/128/256/512, stride 2 from stage 2 on, 1×1/2 projection shortcuts),

@@ -59,9 +59,9 @@ Padding = Sequence[tuple[int, int]]
 
 IMPLS = ("auto", "xla", "matmul")
 _DN = ("NHWC", "HWIO", "NHWC")
-# Bytes of im2col patches built per chunk. On a 2-core EPYC (32 MB L3, 1 MB L2 per core) chunks of
-# 4-8 MB were fastest (8 MB by 5-10% on an idle machine, 4 MB under load); whole-batch patches (up to
-# 150 MB at 128×128 input) cost 2-4× more: they leave the cache and page-fault fresh memory.
+# Bytes of im2col patches built per chunk: small enough to stay in the last-level cache, large
+# enough for an efficient matmul per chunk; whole-batch patches (up to 150 MB at 128×128 input)
+# leave the cache and page-fault fresh memory (BUILD_NOTES.md, "CPU convolution plan").
 _PATCH_CHUNK_BYTES = 8 << 20
 
 _impl = os.environ.get("MU_JAX_CONV", "auto")
@@ -143,25 +143,24 @@ def plan_for(x_shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
 
   Chosen from whole training steps of ResNet-18 at batch 64 (``benchmarks/train_step.py``;
   single-layer timings mislead here, because inside a step XLA fuses the producers of a
-  convolution's operands into the transposes its weight gradient needs and recomputes them there;
-  BUILD_NOTES.md):
+  convolution's operands into the transposes its weight gradient needs and recomputes them there).
+  The measurements behind each rule: BUILD_NOTES.md, "CPU convolution plan".
 
   * Maps of 2×2 or 1×1 under a kernel larger than 1×1: matmul everywhere. XLA's convolution
-    is pathological there (2×2×512 3×3: ~420 ms forward against 3.5 ms).
+    is pathological there (two orders of magnitude slower than the matmul).
   * Thin inputs (< 16 channels: the RGB stem): XLA everywhere; im2col of 49 three-channel taps
     costs more than the multiply.
   * Otherwise, with XLA's convolutions on Eigen (:data:`mu_jax.runtime.EIGEN_CONVOLUTIONS`, the
     default): XLA's forward; at stride 1 XLA's input gradient, and XLA's weight gradient on maps
     of at most 16×16 and ``patches^T @ dy`` on larger ones, whose transposed (and, inside a step,
     recomputed) activations cost more than the patches; at stride 2 col2im for the input
-    gradient (XLA's strided transpose took 33 against 11 ms at 32×32×64→128) and
+    gradient (XLA's strided transpose is slower) and
     ``patches^T @ dy`` for the weight gradient. The stride-2 rule matters for a stage's first
     block: its 3×3 and 1×1 downsample convolutions read the same input, and XLA's two weight
     gradients shared one transposed copy that recomputed the previous stage's batch norms,
-    residual adds and ReLUs (52 ms of a 1 s step at 128×128 input). Whole steps with XLA's
-    weight gradient on small maps were 6% faster than with the matmul one everywhere at 64×64
-    input and within 3% at 128×128; with XLA's weight gradient everywhere, 2-10% slower at
-    128×128 (two runs).
+    residual adds and ReLUs. The 16×16 bound on XLA's weight gradient trades the patches that
+    im2col must build (dearer on small maps) against XLA's transposed, recomputed activations
+    (dearer on large maps).
   * With XLA's convolutions on YNNPACK (tuning switched off): the matmul lowering for all passes
     (YNNPACK's convolutions were slower in every pass but the forward of a few shapes).
   * With the direct kernels (``direct``; by default where :mod:`mu_jax.ops.native` built them
@@ -169,9 +168,8 @@ def plan_for(x_shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
     to them on maps of at least 8×8, and the forward and weight gradient also on smaller maps
     over fewer than 256 and 512 input channels. Everything else keeps the rules above (tiny
     maps; on 4×4×512 XLA's Eigen convolutions and Winograd's forward already run near the
-    machine's multiply rate, and the direct weight gradient was slower). Whole ResNet-18 steps
-    at 128×128 and 64×64 were 18-27% faster with them than without (per-round A/B;
-    BUILD_NOTES.md).
+    machine's multiply rate, and the direct weight gradient was slower). BUILD_NOTES.md, "Direct
+    convolution kernels" and "Measured: CPU training speed of ResNet-18".
 
   Args:
     x_shape: input shape [N, H, W, C_in].
@@ -196,8 +194,8 @@ def plan_for(x_shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
   if not direct or _tiny(x_shape, kernel_shape):
     return plan
   can = direct_passes(x_shape, kernel_shape, stride, jnp.float32)
-  # Small maps over many channels: XLA and Winograd are as fast there (4×4×512 forward: 12.0
-  # against 11.3 ms for XLA) and the direct weight gradient is slower (18.5 against 14.4 ms).
+  # Small maps over many channels: XLA and Winograd already run near the multiply rate there and
+  # the direct weight gradient is slower (BUILD_NOTES.md, "CPU convolution plan").
   use = (can[0] and (h * w >= 64 or ci < 256), can[1] and h * w >= 64,
          can[2] and (h * w >= 64 or ci < 512))
   return tuple("direct" if u else p for u, p in zip(use, plan))
@@ -218,9 +216,9 @@ def _plan_without_direct(x_shape, kernel_shape, stride, eigen_convolutions) -> P
     return ALL_MATMUL
   if stride > 1:
     return ("xla", "matmul", "matmul")
-  # Winograd's forward where its transforms cost less than the multiplies it saves: 3×3 kernels
-  # over 128+ channels (layer2-4 of ResNet-18 at 128×128 input: 2-4.5% faster steps, three A/B
-  # runs; its input gradient, with the rotated kernel, was 4% slower).
+  # Winograd's forward where its tile transforms cost less than the multiplies it saves (4 per
+  # output instead of 9): 3×3 kernels over 128+ channels. Its input gradient does not pay off
+  # (BUILD_NOTES.md, "CPU convolution plan").
   forward = "winograd" if (kh, kw) == (3, 3) and ci >= 128 and h >= 4 and w >= 4 else "xla"
   return (forward, "xla", "xla" if h * w <= 256 else "matmul")
 
@@ -650,8 +648,8 @@ def _max_pool_argmax(x: jax.Array, window: int, stride: int, padding: int
   taps are stacked on an axis of their own and reduced (max and arg-max, which returns the first
   maximum). Being reductions, XLA's CPU fusion materialises their results instead of recomputing
   them inside the backward scatter, which reads each arg-max several times: an elementwise
-  ``where`` chain was fused there and re-evaluated for every read (65 ms of a 1 s step at 128×128
-  input, against 11 ms for both reductions).
+  ``where`` chain was fused there and re-evaluated for every read (BUILD_NOTES.md, "Max-pool
+  forward and backward").
   """
   n, h, w, c = x.shape
   ho = _out_size(h, window, stride, padding, padding)
@@ -670,7 +668,7 @@ def _max_pool_argmax(x: jax.Array, window: int, stride: int, padding: int
 
 def _max_pool_fwd(x, window, stride, padding):
   # Whole batch at once: a chunked loop writes its results through dynamic-update-slice
-  # fusions, which XLA's CPU backend runs on one thread (~70 ms of a 1 s step at 128×128 input).
+  # fusions, which XLA's CPU backend runs on one thread.
   y, idx = _max_pool_argmax(x, window, stride, padding)
   return y, (idx, x.shape)
 

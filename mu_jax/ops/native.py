@@ -1,8 +1,9 @@
 """Direct CPU convolution kernels (``direct_conv.cc``), compiled on first use and called from XLA.
 
 XLA's CPU backend runs convolutions through Eigen or YNNPACK, whose generic kernels ran at 50-75%
-of the speed of PyTorch's oneDNN convolutions on ResNet-18's stem and first stage (BUILD_NOTES.md),
-and it computes weight gradients from transposed copies of the activations. ``direct_conv.cc``
+of the speed of PyTorch's oneDNN convolutions on ResNet-18's stem and first stage, and it computes
+weight gradients from transposed copies of the activations (BUILD_NOTES.md, "Direct convolution
+kernels"). ``direct_conv.cc``
 holds two register-tiled kernels (forward and weight gradient; the stride-1 input gradient is the
 forward with the rotated kernel) that XLA calls through its FFI as custom calls, running on XLA's
 own intra-op thread pool.

@@ -141,8 +141,8 @@ def run_sisa(config: Any, workdir: str, *, shards: int = 5, slices: int = 4,
   train = splits["train"]
   part = partition_of(train)
   # The recipe of the original model, with SISA's own batch size: a shard holds 1/S of the data, and
-  # the official code (Bourtoule et al., cleverhans-lab/machine-unlearning) trains its constituent
-  # models with batch 16.
+  # the official code trains its constituents with batch 16
+  # (cleverhans-lab/machine-unlearning@b8e3d31:sisa.py).
   recipe = dataclasses.replace(exp.train_config("original"),
                                batch_size=int(batch_size or scfg.get("batch_size", 16)))
   # The deployment is a stage: its identity holds every setting that fixes the shard models, so

@@ -1,7 +1,7 @@
 """Embeddings through a data-parallel eval step, retrieval rows, result files and the PCA plot.
 
 Device code computes embeddings (eval mode, no augmentation); the metrics run on the host with
-:mod:`mu_jax.retrieval.metrics`. A row has the DESIGN.md retrieval keys (``forget_map``,
+:mod:`mu_jax.retrieval.metrics`. A row has the retrieval keys of docs/metrics.md (``forget_map``,
 ``forget_rank1``, ``retain_map``, ``retain_rank1``, ``forget_compactness``, ``retain_compactness``,
 ``identifiability``) plus ``retain_tar_at_far_1e-3`` and the held-out persons' ``heldout_map`` and
 ``heldout_rank1`` (how well the model retrieves people it never trained on: the level a model that

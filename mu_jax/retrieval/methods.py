@@ -1,13 +1,13 @@
 """Identity unlearning for face embedding models, as Unlearners run by :func:`mu_jax.methods.run`.
 
 Forgetting a person in a retrieval system means that their images no longer find each other
-(REFERENCE.md §3, §4, §7.7). Every method here is a factory that returns an
+(docs/methods.md#retrieval-methods). Every method here is a factory that returns an
 :class:`~mu_jax.methods.base.Unlearner` whose pure per-device steps work on an
 :class:`~mu_jax.retrieval.model.EmbeddingNet` (margin head, unit embeddings), so the one
 classification driver runs them, with its checkpoints, divergence guard and logs. Feed the driver
 ``{"retain": ..., "forget": ...}`` with identity labels (:mod:`mu_jax.retrieval.data`).
 
-Baselines adapted to the margin head, as the dispersion paper says it did (§3, §6):
+Baselines adapted to the margin head, as the dispersion paper (arXiv 2512.13317) says it did:
 
 * ``random_labels``: margin loss on forget images with a random other identity, plus the margin
   loss on retain (SalUn's RL, with CosFace/ArcFace in place of CE);
@@ -24,13 +24,13 @@ Baselines adapted to the margin head, as the dispersion paper says it did (§3, 
 Methods for retrieval. The papers' loss formulas are not public, so both are **mu_jax's own
 designs after the papers' descriptions, not the papers' formulas**:
 
-* ``dispersion`` (after Zakharov, arXiv 2512.13317, §3): on the forget identities, a uniformity loss
+* ``dispersion`` (after Zakharov, arXiv 2512.13317): on the forget identities, a uniformity loss
   ``log mean_{i≠j} exp(−t‖zᵢ − zⱼ‖²)`` (Wang & Isola, ICML 2020) spreads their embeddings over the
   hypersphere and a hard-dispersion loss ``mean_i τ·logsumexp_{j≠i, yⱼ=yᵢ} cos(zᵢ, zⱼ)/τ`` pushes
   apart each image's most similar images of the same person; on retain, the embeddings are kept
   at the original model's (distillation, ``‖z − z₀‖²``) and optionally the margin loss is kept.
   The forget terms drive the update; the retain terms only hold the rest in place.
-* ``cure`` (after Shivam et al., CURE, arXiv 2509.19562, §4): unsupervised, no identity label of
+* ``cure`` (after Shivam et al., CURE, arXiv 2509.19562): unsupervised, no identity label of
   a forget image is used. K-means on the forget embeddings (run inside the driver as Lloyd passes
   over the forget set, see :func:`cure`); each forget image is pulled toward the centroid farthest
   from its own (cosine loss plus a cross-entropy over the centroids with that pseudo-label); the

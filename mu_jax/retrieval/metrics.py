@@ -1,16 +1,16 @@
 """Face-retrieval metrics on the host, from embeddings and identities.
 
-Identity unlearning for retrieval (REFERENCE.md §3, §7.7) asks two things of a model: images of a
-forgotten person should no longer find each other, and everyone else should still be found. The
-numbers here measure both from embeddings that the device code computed:
+Identity unlearning for retrieval (docs/metrics.md#retrieval-columns) asks two things of a model:
+images of a forgotten person should no longer find each other, and everyone else should still be
+found. The numbers here measure both from embeddings that the device code computed:
 
 - :func:`retrieval_metrics`: mAP over all gallery positives and Rank-1, cosine similarity;
 - :func:`compactness`: how tightly each identity clusters around its centroid (our definition of the
-  dispersion paper's "Cluster Compactness Score", which is UNVERIFIED against the paper, §3);
+  dispersion paper's "Cluster Compactness Score", arXiv 2512.13317, whose formula we could not check);
 - :func:`tar_at_far`: verification TAR at a fixed FAR over all pairs;
 - :func:`identifiability`: how often the nearest gallery image shows the same person;
 - :func:`evaluate_retrieval`: all of them for a forget/retain identity split, with the key names of
-  DESIGN.md ("Result files").
+  docs/metrics.md#retrieval-columns.
 
 Embeddings are ℓ2-normalised here again (cosine similarity is the dot product of unit vectors), so
 un-normalised inputs give the same numbers; a zero embedding is refused. Ties in similarity are

@@ -9,9 +9,11 @@ and deployed as retrieval with the embedding alone. :class:`EmbeddingNet` puts t
 * the **head** holds one weight vector (class centre) per training identity and scores
   ``cos θ_j = ⟨ẑ, ŵ_j⟩``. With labels it applies the training margin to the true class:
 
-  - CosFace (Wang et al., "CosFace: Large Margin Cosine Loss", CVPR 2018):
+  - CosFace (Wang et al., "CosFace: Large Margin Cosine Loss for Deep Face Recognition", CVPR 2018,
+    arXiv 1801.09414):
     ``s · (cos θ_y − m)``, paper defaults s = 64, m = 0.35;
-  - ArcFace (Deng et al., "ArcFace: Additive Angular Margin Loss", CVPR 2019):
+  - ArcFace (Deng et al., "ArcFace: Additive Angular Margin Loss for Deep Face Recognition",
+    CVPR 2019, arXiv 1801.07698):
     ``s · cos(θ_y + m)``, paper defaults s = 64, m = 0.5, and for θ_y + m > π the monotone
     continuation ``cos θ_y − m · sin m`` that the authors' code uses, so the target logit keeps
     decreasing in θ_y.

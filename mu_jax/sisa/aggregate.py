@@ -1,4 +1,6 @@
-"""Aggregating the S constituent models into one prediction (REFERENCE.md §5).
+"""Aggregating the S constituent models into one prediction.
+
+After cleverhans-lab/machine-unlearning@b8e3d31:aggregation.py (Bourtoule et al., arXiv 1912.03817):
 
 * ``vote`` (the official default): each shard contributes the one-hot of its argmax, weighted
   uniformly (1/S) or by given weights (the official ``proportional`` uses shard sizes); the
@@ -11,10 +13,10 @@ fraction of shards whose logit is positive (sigmoid > 0.5), ``mean`` is the mean
 attribute is predicted present when the aggregate exceeds 0.5 (an exact tie, possible with an even
 number of shards, counts as absent).
 
-The per-example outputs of the aggregate follow the contract of DESIGN.md: ``logits`` is the log of
-the aggregated probabilities (for a multi-label task the log-odds, so that ``logits > 0`` is the
-prediction), and ``loss`` is the cross-entropy of the aggregated probabilities (multi-label: the
-binary cross-entropy averaged over attributes). Vote fractions can be exactly 0 or 1, so the
+The per-example outputs of the aggregate follow docs/metrics.md#per-example-outputs: ``logits`` is
+the log of the aggregated probabilities (for a multi-label task the log-odds, so that ``logits > 0``
+is the prediction), and ``loss`` is the cross-entropy of the aggregated probabilities (multi-label:
+the binary cross-entropy averaged over attributes). Vote fractions can be exactly 0 or 1, so the
 probabilities are clipped to [1e-7, 1 − 1e-7] first; a shard-unanimous wrong vote then costs
 −log(1e-7) ≈ 16.1 instead of infinity. This loss is what the membership attack reads.
 """
@@ -118,7 +120,7 @@ def predict(states: Sequence[Any], examples: Examples, *, task: str, method: str
     logits: precomputed :func:`shard_logits` (then ``states`` is not evaluated).
 
   Returns:
-    The output contract of DESIGN.md for the aggregate.
+    The per-example outputs (docs/metrics.md#per-example-outputs) of the aggregate.
   """
   z = shard_logits(states, examples, task=task, batch_size=batch_size) if logits is None else logits
   probs = aggregate_probs(z, task, method, weights)

@@ -1,6 +1,7 @@
 """SISA partitioning: S shards of R cumulative slices, the epoch schedule and the slice keys.
 
-The mechanics follow the official SISA code (Bourtoule et al., IEEE S&P 2021; REFERENCE.md §5):
+The mechanics follow the official SISA code (Bourtoule et al., IEEE S&P 2021, arXiv 1912.03817;
+cleverhans-lab/machine-unlearning@b8e3d31:sisa.py, sharded.py):
 
 * **Shards.** ``by="index"`` is the official uniform split: the training set, in its given order, cut
   at ``t·(N // S)`` for t = 1..S−1 (the last shard takes the remainder). ``by="identity"`` keeps all

@@ -19,7 +19,7 @@ def predict(state: TrainState, examples: Examples, *, task: str, batch_size: int
 
   Returns:
     {"logits": [N, C], "loss": [N], "label", "identity", "example_id"}, the per-example output
-    contract of DESIGN.md.
+    contract of docs/metrics.md#per-example-outputs.
   """
   # Only the model enters the eval step: without the optimizer state every method's state has the
   # same structure, so the step compiles once per process instead of once per method.

@@ -26,7 +26,7 @@ from mu_jax.training.state import TrainState, create_state, init_variables, sgd,
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  """A training recipe (defaults: the MUFAC original model, REFERENCE.md §1.4).
+  """A training recipe (defaults: the MUFAC original model, docs/datasets.md#training-recipes).
 
   Attributes:
     epochs: number of epochs.
