@@ -50,8 +50,17 @@ def load_dataset(cfg: Mapping[str, Any]) -> FaceDataset:
     from mu_jax.data import mucac
     return mucac.read_mucac(data_dir, image_size=cfg["image_size"], task=cfg.get("task", "multilabel"),
                             **kw)
+  if name in ("tfds_mufac", "tfds_mucac"):
+    # data_dir is the TFDS data dir the builder was prepared into (mu_jax.data.tfds_builders).
+    from mu_jax.data import tfds_builders
+    if name == "tfds_mufac":
+      return tfds_builders.read_tfds("mufac", data_dir, image_size=cfg["image_size"],
+                                     paper_forget_rows=forget.get("paper_rows") or 1500, **kw)
+    return tfds_builders.read_tfds("mucac", data_dir, image_size=cfg["image_size"],
+                                   task=cfg.get("task", "multilabel"), **kw)
   if name == "identity_folder":
     from mu_jax.data import identity_folder
     kw.pop("forget_mode")
     return identity_folder.read_identity_folders(data_dir, image_size=cfg["image_size"], **kw)
-  raise DataError(f"unknown data set {name!r}; use synthetic, mufac, mucac or identity_folder")
+  raise DataError(f"unknown data set {name!r}; use synthetic, mufac, mucac, identity_folder, "
+                  "tfds_mufac or tfds_mucac")
