@@ -23,8 +23,9 @@ def load_dataset(cfg: Mapping[str, Any]) -> FaceDataset:
 
   Args:
     cfg: ``config.data``: ``name`` (synthetic, mufac, mucac, identity_folder, tfds_mufac,
-      tfds_mucac), ``data_dir``, ``image_size``, ``task`` and the ``forget`` request
-      (``mode``, ``count``/``fraction``/``identities``, ``seed``; paper mode: ``paper_rows``).
+      tfds_mucac, csv), ``data_dir`` (for csv: the CSV file), ``image_size``, ``task`` and the
+      ``forget`` request (``mode``, ``count``/``fraction``/``identities``, ``seed``; paper mode:
+      ``paper_rows``).
 
   Raises:
     DataError: an unknown data set name or a missing ``data_dir``.
@@ -58,9 +59,16 @@ def load_dataset(cfg: Mapping[str, Any]) -> FaceDataset:
                                      paper_forget_rows=forget.get("paper_rows") or 1500, **kw)
     return tfds_builders.read_tfds("mucac", data_dir, image_size=cfg["image_size"],
                                    task=cfg.get("task", "multilabel"), **kw)
+  if name == "csv":
+    # data_dir is the CSV file; image paths in it are relative to its folder.
+    from mu_jax.data import csv_table
+    return csv_table.read_csv_table(
+        data_dir, image_size=cfg["image_size"], task=cfg.get("task"),
+        test_fraction=cfg.get("test_fraction", 0.1), unseen_fraction=cfg.get("unseen_fraction", 0.1),
+        split_seed=cfg.get("seed", 0), paper_forget_rows=forget.get("paper_rows"), **kw)
   if name == "identity_folder":
     from mu_jax.data import identity_folder
     kw.pop("forget_mode")
     return identity_folder.read_identity_folders(data_dir, image_size=cfg["image_size"], **kw)
   raise DataError(f"unknown data set {name!r}; use synthetic, mufac, mucac, identity_folder, "
-                  "tfds_mufac or tfds_mucac")
+                  "tfds_mufac, tfds_mucac or csv")
