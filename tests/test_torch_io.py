@@ -54,7 +54,8 @@ def _torch_resnet18(num_classes):
       cin = 64
       for i, cout in enumerate((64, 128, 256, 512)):
         stride = 1 if i == 0 else 2
-        setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
+        stage = nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1))
+        setattr(self, f"layer{i + 1}", stage)
         cin = cout
       self.fc = nn.Linear(512, num_classes)
 
@@ -162,7 +163,8 @@ def test_bad_keys_and_shapes_name_the_key():
   with pytest.raises(torch_io.TorchCheckpointError, match=r"missing keys \['layer3.1.bn2.running_var'\]"):
     models.from_torch(short, num_classes=3)
   bad = dict(sd, **{"layer2.0.conv1.weight": sd["layer2.0.conv1.weight"][:, :, :2]})
-  with pytest.raises(torch_io.TorchCheckpointError, match=r"'layer2.0.conv1.weight': shape \(128, 64, 2, 3\)"):
+  with pytest.raises(torch_io.TorchCheckpointError,
+                     match=r"'layer2.0.conv1.weight': shape \(128, 64, 2, 3\)"):
     models.from_torch(bad, num_classes=3)
   with pytest.raises(torch_io.TorchCheckpointError, match=r"'fc.weight': shape \(3, 512\).*\(8, 512\)"):
     models.from_torch(sd, num_classes=8)
@@ -190,7 +192,8 @@ def test_safetensors_and_npz_need_no_torch(tmp_path, monkeypatch):
     got = models.from_torch(models.load_torch_checkpoint(path))
     jax.tree.map(np.testing.assert_array_equal, got, variables)
   (tmp_path / "m.pth").write_bytes(b"not read")
-  with pytest.raises(ImportError, match=r"m.pth: reading a .pth/.pt checkpoint needs PyTorch.*mu_jax\[torch\]"):
+  with pytest.raises(ImportError,
+                     match=r"m.pth: reading a .pth/.pt checkpoint needs PyTorch.*mu_jax\[torch\]"):
     models.load_torch_checkpoint(tmp_path / "m.pth")
   with pytest.raises(ImportError, match="as_torch=True"):
     models.to_torch(variables, as_torch=True)
