@@ -61,9 +61,10 @@ def test_rows_equal_model_row_on_the_same_arrays(tmp_path, task):
   # Files without "loss" get the training loss of mu_jax.training (jax) computed from the logits.
   for name in ("original", "mymethod"):
     loaded = outputs_table.read_outputs(tmp_path / name, task)
+    a = written[name]["forget"]
+    jax_loss = losses.per_example_loss(jnp.asarray(a["logits"]), jnp.asarray(a["label"]), task)
+    np.testing.assert_allclose(loaded["forget"]["loss"], np.asarray(jax_loss), rtol=1e-5, atol=1e-6)
     for s, a in written[name].items():
-      jax_loss = losses.per_example_loss(jnp.asarray(a["logits"]), jnp.asarray(a["label"]), task)
-      np.testing.assert_allclose(loaded[s]["loss"], np.asarray(jax_loss), rtol=1e-5, atol=1e-6)
       a["loss"] = loaded[s]["loss"]
   for row, (name, arrays) in zip(rows, written.items()):
     want = report.model_row(name, arrays, task, retrained=written["retrained"], n_bootstrap=20)

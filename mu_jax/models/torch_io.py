@@ -164,10 +164,6 @@ def _mapping(variables: Mapping[str, Any]) -> list[tuple[str, tuple[str, ...], t
   return rows
 
 
-def _is_bn_running_stat(key: str) -> bool:
-  return key.endswith((".running_mean", ".running_var"))
-
-
 def _as_numpy(value: Any, key: str, where: str) -> np.ndarray:
   """A torch tensor or array-like as a numpy array (bfloat16 widened to float32, exactly)."""
   if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch.Tensor, without importing torch
@@ -244,7 +240,10 @@ def from_torch(state_dict: Mapping[str, Any], model: str = "resnet18", num_class
   spec = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
   rows = _mapping(spec)
   expected = {key for key, _, _, _ in rows}
-  unmapped = sorted(k for k in sd if k not in expected and not k.endswith(".num_batches_tracked"))
+  # Each BatchNorm's counter is accepted (and dropped); one of a module the model lacks is not.
+  counters = {k[:-len("running_var")] + "num_batches_tracked" for k in expected
+              if k.endswith(".running_var")}
+  unmapped = sorted(k for k in sd if k not in expected and k not in counters)
   missing = [key for key, _, _, _ in rows if key not in sd]
   problems = []
   if unmapped:
