@@ -159,7 +159,8 @@ def test_bad_keys_and_shapes_name_the_key():
   _, sd = _numpy_state_dict()
   with pytest.raises(torch_io.TorchCheckpointError, match=r"unmapped keys \['fc2.weight'\]"):
     models.from_torch({**sd, "fc2.weight": sd["fc.weight"]}, num_classes=3)
-  with pytest.raises(torch_io.TorchCheckpointError, match=r"unmapped keys \['layer5.0.bn1.num_batches_tracked'\]"):
+  with pytest.raises(torch_io.TorchCheckpointError,
+                     match=r"unmapped keys \['layer5.0.bn1.num_batches_tracked'\]"):
     models.from_torch({**sd, "layer5.0.bn1.num_batches_tracked": np.asarray(3)}, num_classes=3)
   short = {k: v for k, v in sd.items() if k != "layer3.1.bn2.running_var"}
   with pytest.raises(torch_io.TorchCheckpointError, match=r"missing keys \['layer3.1.bn2.running_var'\]"):
