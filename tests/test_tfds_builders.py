@@ -1,11 +1,20 @@
-"""Tests of the TFDS builders: prepare as array_record, read back without TensorFlow."""
+"""Tests of the TFDS builders: prepare as array_record, read back without TensorFlow.
+
+The builders need the optional ``tfds`` extra (``pip install 'mu_jax[tfds]'``); without it these
+tests are skipped, and CI installs the extra so they run there.
+"""
 
 import sys
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
+_WHY = "the tfds extra is not installed (pip install 'mu_jax[tfds]')"
+tfds = pytest.importorskip("tensorflow_datasets", reason=_WHY)
+pytest.importorskip("array_record", reason=_WHY)
+
+# pylint: disable=wrong-import-position
+from mu_jax.data import loader
 from mu_jax.data import mucac
 from mu_jax.data import mufac
 from mu_jax.data import tfds_builders
@@ -85,6 +94,26 @@ def test_mucac_round_trip_equals_direct_reader(mucac_prepared):
     _assert_same(direct, via_tfds)
   record = tfds.data_source("mucac", data_dir=str(data_dir), split="unseen")[0]
   assert record["label"].shape == (3,) and record["image"].shape == (16, 16, 3)
+
+
+def test_loader_reads_prepared_tfds_data(mufac_prepared, mucac_prepared):
+  """A config's ``data.name`` "tfds_mufac" / "tfds_mucac" reaches read_tfds with the config's forget request."""
+  root, data_dir, _ = mufac_prepared
+  cfg = {"name": "tfds_mufac", "data_dir": str(data_dir), "image_size": 4,
+         "forget": {"mode": "paper", "paper_rows": 6}}
+  via_loader = loader.load_dataset(cfg)
+  _assert_same(via_loader, mufac.read_mufac(root, image_size=4, paper_forget_rows=6))
+  assert via_loader.manifest.meta["reader"] == "tfds"
+  cfg = {"name": "tfds_mufac", "data_dir": str(data_dir), "image_size": 4,
+         "forget": {"mode": "identity", "count": 2, "seed": 1}}
+  _assert_same(loader.load_dataset(cfg),
+               mufac.read_mufac(root, image_size=4, forget_mode="identity", forget_count=2, forget_seed=1))
+  root, data_dir, _ = mucac_prepared
+  cfg = {"name": "tfds_mucac", "data_dir": str(data_dir), "image_size": 8, "task": "binary:Smiling",
+         "forget": {"mode": "range"}}
+  via_loader = loader.load_dataset(cfg)
+  _assert_same(via_loader, mucac.read_mucac(root, image_size=8, task="binary:Smiling"))
+  assert via_loader.manifest.meta["reader"] == "tfds"
 
 
 def test_missing_manual_files_and_unprepared_data(tmp_path):

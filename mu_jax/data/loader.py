@@ -85,9 +85,33 @@ def _synthetic_identities(cfg: Mapping[str, Any]) -> FaceDataset:
       texture_gain=cfg.get("texture_gain", 1.5), max_shift=cfg.get("max_shift", 2))
 
 
+def _tfds(cfg: Mapping[str, Any]) -> FaceDataset:
+  # data_dir is the TFDS data dir the builder was prepared into (mu_jax.data.tfds_builders).
+  from mu_jax.data import tfds_builders  # pylint: disable=import-outside-toplevel
+  forget = dict(cfg.get("forget", {}))
+  if cfg["name"] == "tfds_mufac":
+    return tfds_builders.read_tfds("mufac", _data_dir(cfg), image_size=cfg["image_size"],
+                                   paper_forget_rows=forget.get("paper_rows") or 1500,
+                                   **_forget_kwargs(cfg))
+  return tfds_builders.read_tfds("mucac", _data_dir(cfg), image_size=cfg["image_size"],
+                                 task=cfg.get("task", "multilabel"), **_forget_kwargs(cfg))
+
+
+def _csv(cfg: Mapping[str, Any]) -> FaceDataset:
+  # data_dir is the CSV file; image paths in it are relative to its folder.
+  from mu_jax.data import csv_table  # pylint: disable=import-outside-toplevel
+  forget = dict(cfg.get("forget", {}))
+  return csv_table.read_csv_table(
+      _data_dir(cfg), image_size=cfg["image_size"], task=cfg.get("task"),
+      test_fraction=cfg.get("test_fraction", 0.1), unseen_fraction=cfg.get("unseen_fraction", 0.1),
+      split_seed=cfg.get("seed", 0), paper_forget_rows=forget.get("paper_rows"),
+      **_forget_kwargs(cfg))
+
+
 for _name, _reader in (("synthetic", _synthetic), ("mufac", _mufac), ("mucac", _mucac),
                        ("identity_folder", _identity_folder),
-                       ("synthetic_identities", _synthetic_identities)):
+                       ("synthetic_identities", _synthetic_identities), ("tfds_mufac", _tfds),
+                       ("tfds_mucac", _tfds), ("csv", _csv)):
   register_reader(_name, _reader)
 
 
@@ -96,8 +120,8 @@ def load_dataset(cfg: Mapping[str, Any]) -> FaceDataset:
 
   Args:
     cfg: ``config.data``: ``name`` (a key of :data:`READERS`: synthetic, mufac, mucac,
-      identity_folder, synthetic_identities, or one added by :func:`register_reader`),
-      ``data_dir``, ``image_size``, ``task`` and the ``forget`` request (``mode``,
+      identity_folder, synthetic_identities, tfds_mufac, tfds_mucac, csv, or one added by
+      :func:`register_reader`), ``data_dir`` (for csv: the CSV file), ``image_size``, ``task`` and the ``forget`` request (``mode``,
       ``count``/``fraction``/``identities``, ``seed``; paper mode: ``paper_rows``).
 
   Raises:
