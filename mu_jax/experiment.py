@@ -354,6 +354,9 @@ class ClassificationTask(Task):
               ) -> dict[str, dict[str, Any]]:
     """Per-example outputs of every split, read from the stage or computed and saved now."""
     from mu_jax.training import evaluate  # pylint: disable=import-outside-toplevel
+    # Every process must take the same branch (the prediction is collective): the barrier makes
+    # process 0's earlier writes visible to all before they look.
+    parallel.barrier(f"mu_jax.experiment:outputs:{stage.rel}")
     if all(os.path.exists(os.path.join(stage.outputs_dir, f"{s}.npz")) for s in SPLITS):
       return {s: checkpoints.load_outputs(stage.outputs_dir, s) for s in SPLITS}
     state = parallel.replicate(state if state is not None else exp.load_state(stage))
@@ -362,6 +365,7 @@ class ClassificationTask(Task):
     if parallel.is_primary():
       for s, o in out.items():
         checkpoints.save_outputs(stage.outputs_dir, s, o)
+    parallel.barrier(f"mu_jax.experiment:outputs-written:{stage.rel}")
     return out
 
   def evaluate(self, exp, stage, state):
@@ -591,25 +595,24 @@ class Experiment:
         hyperparameters are then the config's (``config.unlearn.hparams.<name>``).
       progress: log every epoch.
 
-    Raises:
-      RuntimeError: under ``jax.distributed`` with several processes (the driver feeds one
-        process's devices).
+    Under ``jax.distributed`` every process computes (each feeds its slice of every batch) and
+    process 0 alone writes the stage's files and the audit lines; orbax writes the checkpoints
+    from all processes together.
     """
     from mu_jax import methods  # pylint: disable=import-outside-toplevel
     if isinstance(method, str):
       method = self.methods(method)[0]
-    if jax.process_count() > 1:
-      raise RuntimeError(f"unlearning ({method.name}) runs in one process (over all its devices), "
-                         f"not under jax.distributed with {jax.process_count()} processes")
     st = self.method_stage(method)
+    primary = parallel.is_primary()
     resume_key = f"stage:{st.rel}"
     if st.done:
       record = st.record()
       # done.json is written before the audit's complete line: a crash between the two leaves the
       # request open, and this run closes it.
-      for pending in audit.incomplete_requests(self.path):
+      for pending in audit.incomplete_requests(self.path) if primary else ():
         if pending.get("resume_key") == resume_key:
           audit.complete_request(self.path, pending["request_id"], record)
+      parallel.barrier(f"mu_jax.experiment:skip:{st.rel}")
       return record
     unlearner = method.create()
     unlearner.check_task(self.dataset.task)
@@ -619,7 +622,7 @@ class Experiment:
         "kind": "method", "method": method.name, "stage": st.rel, "hparams": method.hparams,
         **self.audit_context(),
         "checkpoint_before": os.path.join(self.trained_stage("original").dir, "checkpoints"),
-        "checkpoint_after": os.path.join(st.dir, "final")}, resume_key=resume_key)
+        "checkpoint_after": os.path.join(st.dir, "final")}, resume_key=resume_key) if primary else ""
     ucfg = self.unlearn_config
     result = methods.run_detailed(unlearner, original, self.task.unlearning_data(self.data),
                                   methods.RunConfig(
@@ -633,7 +636,9 @@ class Experiment:
     record = st.finish({"method": method.name, "hparams": method.hparams, **stage_cost(st.dir),
                         "halted": result.halted, "message": result.message,
                         "evaluation": summary})
-    audit.complete_request(self.path, request, record)
+    if primary:
+      audit.complete_request(self.path, request, record)
+    parallel.barrier(f"mu_jax.experiment:audit:{st.rel}")
     return record
 
   def methods(self, spec: str | Sequence[str]) -> list[method_registry.Method]:

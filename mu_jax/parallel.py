@@ -138,6 +138,18 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def require_one_process(what: str) -> None:
+  """Refuses to run ``what`` under ``jax.distributed`` with several processes.
+
+  Raises:
+    RuntimeError: naming ``what`` and the process count.
+  """
+  if jax.process_count() > 1:
+    raise RuntimeError(f"{what} runs in one process (over all of its devices), not under "
+                       f"jax.distributed with {jax.process_count()} processes; training, "
+                       "unlearning and the benchmark run on several")
+
+
 def process_slice(global_batch_size: int) -> slice:
   """The part of a global batch this process feeds (contiguous, equal parts per process)."""
   n = jax.process_count()

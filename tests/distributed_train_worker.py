@@ -1,8 +1,9 @@
-"""One process of tests/test_multiprocess.py's run of ``experiments.train --distributed``.
+"""One process of tests/test_multiprocess.py's runs of ``experiments.<SCRIPT> --distributed``.
 
-  python -m tests.distributed_train_worker KILL_AFTER [experiments.train flags...]
+  python -m tests.distributed_train_worker KILL_AFTER SCRIPT [experiments.SCRIPT flags...]
 
-Runs ``experiments.train`` with the given flags; if ``KILL_AFTER`` > 0, the process SIGKILLs
+Runs ``experiments.train`` or ``experiments.unlearn`` (SCRIPT) with the given flags, as its
+``python -m`` command does; if ``KILL_AFTER`` > 0, the process SIGKILLs
 itself right after its KILL_AFTER-th checkpoint save returns (orbax ends a save with a barrier, so
 every process of the run stops at the same checkpoint, as a job killed between epochs would).
 """
@@ -12,8 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-
-from absl import app
 
 from mu_jax import checkpoints
 
@@ -31,8 +30,11 @@ def main() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     checkpoints.Checkpointer.save = save
-  from experiments import train
-  app.run(train.main, argv=["experiments.train", *sys.argv[2:]])
+  import importlib
+  from mu_jax import cli
+  script = importlib.import_module(f"experiments.{sys.argv[2]}")
+  sys.argv = [f"experiments.{sys.argv[2]}", *sys.argv[3:]]
+  cli.run(script.main)
 
 
 if __name__ == "__main__":

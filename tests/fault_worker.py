@@ -97,6 +97,8 @@ def run(workdir: str) -> None:
 
 
 def main(argv: list[str]) -> None:
+  from mu_jax import runtime
+  runtime.configure_cpu()  # as the experiment scripts do, whose runs this one resumes
   workdir = argv[1]
   if len(argv) > 2:
     arm(workdir, argv[2])

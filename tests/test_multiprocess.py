@@ -4,6 +4,7 @@ processes, killed and resumed, ends where one process does."""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -84,7 +85,7 @@ def test_experiments_train_on_two_processes_resumes_to_the_one_process_run(tmp_p
   def run(kill_after):
     port = _free_port()
     return _launch_processes(lambda i: [
-        sys.executable, "-m", "tests.distributed_train_worker", str(kill_after),
+        sys.executable, "-m", "tests.distributed_train_worker", str(kill_after), "train",
         *fault_worker.cli_flags(wd), "--stages=original", "--distributed",
         f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"], env)
 
@@ -120,10 +121,49 @@ def test_experiments_train_on_two_processes_resumes_to_the_one_process_run(tmp_p
   assert sorted(os.listdir(ckpt)) == [str(s) for s in steps]
 
 
-def test_unlearning_refuses_to_start_under_several_processes(tmp_path, monkeypatch):
-  exp = experiment.Experiment.create(fault_worker.config(), str(tmp_path / "wd"))
+def test_unlearning_on_two_processes_equals_the_one_process_run(tmp_path):
+  """``experiments.unlearn --distributed``: 2 processes × 2 devices unlearn the original model of a
+  workdir and end with the model of one process on 4 devices; process 0 alone writes the stage's
+  files and the audit log (one started and one complete line, each epoch's metrics row once)."""
+  cfg = fault_worker.config()
+  ref = experiment.Experiment.create(cfg, str(tmp_path / "reference"), methods="finetune")
+  ref.train_stage("original", progress=False)
+  wd = str(tmp_path / "wd")
+  shutil.copytree(ref.path, wd)  # the original model only: nothing unlearned yet
+  ref.unlearn_stage(ref.selected[0])
+  st = ref.method_stage(ref.selected[0])
+  env = _env(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_DISABLE_MOST_OPTIMIZATIONS=str(int(jax.config.read("jax_disable_most_optimizations"))))
+  port = _free_port()
+  codes, logs = _launch_processes(lambda i: [
+      sys.executable, "-m", "tests.distributed_train_worker", "0", "unlearn",
+      *fault_worker.cli_flags(wd), "--method=finetune", "--distributed",
+      f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"], env)
+  assert codes == [0, 0], logs
+  assert all(f"-> {st.rel}" in log for log in logs), logs
+  got_dir = os.path.join(wd, st.rel)
+  done = checkpoints.read_json(os.path.join(got_dir, "done.json"))
+  assert done["identity"] == st.identity and done["hparams"] == st.identity["hparams"]
+  rows = lambda d: [json.loads(line) for line in open(os.path.join(d, "metrics.jsonl"))]
+  assert [r["epoch_index"] for r in rows(got_dir)] == [r["epoch_index"] for r in rows(st.dir)]
+  log = audit.read_requests(wd)
+  assert [r["status"] for r in log] == ["started", "complete"]
+  (_, got), (_, want) = _saved(os.path.join(got_dir, "final")), _saved(os.path.join(st.dir, "final"))
+  got, want = _flat(got), _flat(want)
+  assert got.keys() == want.keys()
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+  for split in experiment.SPLITS:
+    np.testing.assert_allclose(checkpoints.load_outputs(os.path.join(got_dir, "outputs"), split)["logits"],
+                               checkpoints.load_outputs(st.outputs_dir, split)["logits"],
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_retrieval_and_sisa_refuse_several_processes_before_writing(tmp_path, monkeypatch):
+  from mu_jax.pipelines import retrieval, sisa as sisa_pipeline
   monkeypatch.setattr(jax, "process_count", lambda: 2)
-  with pytest.raises(RuntimeError, match="runs in one process"):
-    exp.unlearn_stage("finetune")
-  assert not os.path.exists(audit.log_path(exp.path))
-  assert not os.path.exists(exp.method_stage(exp.methods("finetune")[0]).dir)
+  with pytest.raises(RuntimeError, match="retrieval pipeline runs in one process"):
+    retrieval.run_retrieval({}, str(tmp_path / "r"))
+  with pytest.raises(RuntimeError, match="SISA runs in one process"):
+    sisa_pipeline.run_sisa(fault_worker.config(), str(tmp_path / "s"))
+  assert not os.listdir(tmp_path)

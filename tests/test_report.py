@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -99,3 +100,11 @@ def test_one_column_registry_drives_the_tables_the_csv_and_the_docs():
   assert all(f"`{k}`" in columns.reference_markdown() for k in keys)
   with pytest.raises(ValueError, match="unknown table"):
     columns.for_table("sisa")
+
+
+def test_the_docs_column_reference_is_the_registry():
+  from mu_jax.evaluation import columns
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  text = open(os.path.join(root, "docs", "metrics.md")).read()
+  block = text.split("<!-- columns:begin -->\n")[1].split("\n<!-- columns:end -->")[0]
+  assert block == columns.reference_markdown()

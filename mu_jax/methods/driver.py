@@ -212,7 +212,8 @@ def run_detailed(unlearner: Unlearner, state: TrainState, data: Any,
       restored = ckpt.restore({"state": state, "aux": aux, "halted": np.bool_(False)})
       state, aux, halted, start = restored["state"], restored["aux"], jnp.asarray(restored["halted"]), ckpt.latest_step()
       logging.info("%s: resuming after epoch %d of %d", unlearner.name, start, len(epochs))
-    checkpoints.truncate_jsonl(metrics_path, lambda r: r.get("epoch_index", 0) <= start)
+    if parallel.is_primary():  # process 0 alone writes the stage's files
+      checkpoints.truncate_jsonl(metrics_path, lambda r: r.get("epoch_index", 0) <= start)
   state, aux, halted = parallel.replicate((state, aux, halted))
   history: list[dict[str, Any]] = []
   t0, seen, done_steps = time.time(), 0, 0
@@ -261,7 +262,7 @@ def run_detailed(unlearner: Unlearner, state: TrainState, data: Any,
     is_halted = bool(halted)
     row["halted"] = is_halted
     history.append(row)
-    if metrics_path:
+    if metrics_path and parallel.is_primary():
       checkpoints.append_jsonl(metrics_path, row)
     if ckpt:
       ckpt.save(k + 1, {"state": parallel.to_host(state), "aux": parallel.to_host(aux),

@@ -15,7 +15,7 @@ import os
 import time
 from typing import Any, Callable, Sequence
 
-from mu_jax import checkpoints
+from mu_jax import checkpoints, parallel
 from mu_jax import experiment as engine
 from mu_jax.evaluation import columns, plots, report
 from mu_jax.methods.registry import Method
@@ -110,6 +110,9 @@ def write_tables(exp: engine.Experiment, results_dir: str, rows: Sequence[dict[s
       are means over seeds).
     notes: a line under the table.
   """
+  table = report.markdown_table(rows)
+  if not parallel.is_primary():  # every process computed the rows; process 0 writes them
+    return {"rows": list(rows), "paths": {"plots": []}, "table": table}
   paths = report.write_results(results_dir, rows, config=exp.config,
                                manifest_hash=exp.workdir.manifest.content_hash, notes=notes)
   stage_rows = list(stage_rows if stage_rows is not None else rows)
@@ -117,7 +120,7 @@ def write_tables(exp: engine.Experiment, results_dir: str, rows: Sequence[dict[s
               if r.get("stage") in outputs}
   bars = [dict(r, model=label) for r, label in zip(rows, columns.labels(rows))]
   paths["plots"] = plots.write_plots(results_dir, by_label, bars)
-  return {"rows": list(rows), "paths": paths, "table": report.markdown_table(rows)}
+  return {"rows": list(rows), "paths": paths, "table": table}
 
 
 def run_benchmark(config: Any, workdir: str, methods: str | Sequence[str] | Sequence[Method], *,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Sequence
 
-from mu_jax import checkpoints
+from mu_jax import checkpoints, parallel
 from mu_jax import experiment as engine
 from mu_jax.retrieval import evaluate as reval
 
@@ -39,6 +39,7 @@ def run_retrieval(config: Any, workdir: str, methods: str | Sequence[str] | None
   Returns:
     {"rows", "paths", "table"}.
   """
+  parallel.require_one_process("the retrieval pipeline")
   cfg = engine.to_dict(config)
   exp = engine.Experiment.create(cfg, workdir, task="retrieval", overwrite=overwrite,
                                  methods=methods or cfg["unlearn"]["methods"])

@@ -37,7 +37,7 @@ import jax
 import numpy as np
 from flax import serialization
 
-from mu_jax import audit, checkpoints, sisa
+from mu_jax import audit, checkpoints, parallel, sisa
 from mu_jax import experiment as engine
 from mu_jax.evaluation import mia, report
 from mu_jax.sisa import aggregate as agg
@@ -119,6 +119,7 @@ def run_sisa(config: Any, workdir: str, *, shards: int = 5, slices: int = 4,
     RequestError: the request names unknown identities or ids, or data already removed.
     WorkdirError: the workdir holds another config's run or SISA slices of other settings.
   """
+  parallel.require_one_process("SISA")
   if forget not in FORGET:
     raise ValueError(f"--forget must be one of {FORGET}, got {forget!r}")
   cfg = engine.to_dict(config)
