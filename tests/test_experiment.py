@@ -4,6 +4,7 @@ hyperparameters from the command line, user methods, refusals before the workdir
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from absl import flags
@@ -179,3 +180,38 @@ def test_retrieval_stages_follow_the_same_identity_rule(tmp_path):
   assert _digest(os.path.join(wd, "retrieval", row["stage"])) == first
   saved = json.load(open(os.path.join(wd, "results", "retrieval.json")))
   assert [r["model"] for r in saved["rows"]] == ["original", "retrained", "gradient_ascent"]
+
+
+def test_a_retrieval_method_killed_after_a_checkpoint_resumes_to_the_uninterrupted_model(
+    tmp_path, monkeypatch):
+  import shutil
+  from mu_jax.retrieval import methods as rmethods  # noqa: F401  (the registry the config fills)
+  cfg = _retrieval_config(epochs=2)
+  wd, ref_wd = str(tmp_path / "wd"), str(tmp_path / "ref")
+  exp = experiment.Experiment.create(cfg, wd, task="retrieval", methods="gradient_ascent")
+  for stage in experiment.TRAINED:
+    exp.train_stage(stage, progress=False)
+  shutil.copytree(os.path.join(wd, "retrieval"), os.path.join(ref_wd, "retrieval"))
+  real_save = checkpoints.Checkpointer.save
+
+  def killed_after_the_first(self, step, *args, **kwargs):
+    real_save(self, step, *args, **kwargs)
+    if "unlearned" in self.directory and step == 1:
+      raise KeyboardInterrupt("killed")
+
+  monkeypatch.setattr(checkpoints.Checkpointer, "save", killed_after_the_first)
+  with pytest.raises(KeyboardInterrupt):
+    retrieval.run_retrieval(cfg, wd, "gradient_ascent", progress=False, log=lambda _: None)
+  monkeypatch.setattr(checkpoints.Checkpointer, "save", real_save)
+  resumed = retrieval.run_retrieval(cfg, wd, "gradient_ascent", progress=False, log=lambda _: None)
+  whole = retrieval.run_retrieval(cfg, ref_wd, "gradient_ascent", progress=False, log=lambda _: None)
+  st = exp.method_stage(exp.selected[0])
+  rows = [json.loads(l) for l in open(os.path.join(st.dir, "metrics.jsonl"))]
+  assert [r["epoch_index"] for r in rows] == [1, 2]
+  ref = experiment.Experiment.create(cfg, ref_wd, task="retrieval")
+  a, b = exp.load_state(st), ref.load_state(ref.method_stage(exp.selected[0]))
+  for x, y in zip(jax.tree.leaves((a.params, a.batch_stats)), jax.tree.leaves((b.params, b.batch_stats))):
+    np.testing.assert_array_equal(x, y)  # the unlearned model, bit for bit
+  keep = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_s", "cost_vs_retrain")}
+                       for r in rows]
+  assert keep(resumed["rows"]) == keep(whole["rows"])
