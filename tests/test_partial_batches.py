@@ -137,7 +137,8 @@ def test_masked_step_equals_the_unpadded_step_on_the_real_examples(kind):
   ds = helpers.tiny_dataset(size=8)
   forget = ds.split("forget")
   state = helpers.tiny_state(size=8)
-  state = state.replace(tx=common.reference_sgd(0.5), opt_state=common.reference_sgd(0.5).init(state.params))
+  tx = common.reference_sgd(0.5)
+  state = state.replace(tx=tx, opt_state=tx.init(state.params))
   if kind == "supervised":
     step, aux = common.supervised_step("multiclass"), {}
   else:

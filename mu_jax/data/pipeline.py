@@ -61,7 +61,7 @@ def train_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool 
 
 def padded_train_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True
                          ) -> list[tuple[np.ndarray, np.ndarray]]:
-  """(index, mask) pairs of one epoch, the last partial batch kept (``ceil(n / batch_size)`` batches).
+  """(index, mask) pairs of one epoch, the last partial batch kept: ``ceil(n / batch_size)``.
 
   The order is :func:`epoch_order`'s, so the full batches equal :func:`train_batches`'; the last
   batch is padded with its own first index under mask 0.

@@ -75,7 +75,8 @@ def mean(values: jax.Array, mask: jax.Array | None = None) -> jax.Array:
   m = mask.astype(jnp.float32).reshape(mask.shape + (1,) * (values.ndim - mask.ndim))
   m = jnp.broadcast_to(m, values.shape)
   total = lax.psum(m.sum(), parallel.AXIS)
-  return lax.axis_size(parallel.AXIS) * (values.astype(jnp.float32) * m).sum() / jnp.maximum(total, 1.0)
+  local = (values.astype(jnp.float32) * m).sum()
+  return lax.axis_size(parallel.AXIS) * local / jnp.maximum(total, 1.0)
 
 
 def task_loss(logits: jax.Array, labels: jax.Array, task: str, mask: jax.Array | None = None
@@ -115,7 +116,8 @@ def supervised_step(task: str, sign: float = 1.0, train: bool = True) -> Callabl
     mask = batch.get("mask")
 
     def loss_fn(params):
-      logits, stats = forward(state, params, state.batch_stats, batch["image"], train=train, mask=mask)
+      logits, stats = forward(state, params, state.batch_stats, batch["image"], train=train,
+                              mask=mask)
       loss = task_loss(logits, batch["label"], task, mask)
       return sign * loss, (stats, {"task_loss": loss,
                                    "accuracy": accuracy(logits, batch["label"], task, mask)})

@@ -2,8 +2,8 @@
 
 It rebuilds the state with the method's optimizer, calls the method's ``init``, then walks its
 phases: each epoch feeds the phase's stream (retain, forget, train, paired or zip; partial
-batches dropped, kept under a mask or skipped as the phase's ``partial`` says) to the phase's step, compiled data-parallel
-once per phase and batch shape. After every epoch it logs forget/retain/test loss and accuracy to
+batches dropped, kept under a mask or skipped, as the phase's ``partial`` says) to the phase's
+step, compiled data-parallel once per phase and batch shape. After every epoch it logs forget/retain/test loss and accuracy to
 ``metrics.jsonl`` and, given a checkpoint directory, saves state and aux with orbax, so the same
 call after an interruption resumes where it stopped and ends with the same parameters.
 
@@ -118,7 +118,8 @@ def _stream_plan(stream: str, sizes: Mapping[str, int], batch_size: int, seed: i
         raise ValueError(f"batch size {batch_size} is not divisible by the {n_dev} devices")
       return pipeline.padded_train_batches(n, batch_size, seed * 1000 + salt, epoch)
     b = pipeline.effective_batch_size(n, batch_size, n_dev)
-    return [(idx, np.ones(b, np.float32)) for idx in pipeline.train_batches(n, b, seed * 1000 + salt, epoch)]
+    return [(idx, np.ones(b, np.float32))
+            for idx in pipeline.train_batches(n, b, seed * 1000 + salt, epoch)]
 
   if stream in ("retain", "forget"):
     out = single(n_r if stream == "retain" else n_f, 1 if stream == "forget" else 2)
@@ -179,15 +180,6 @@ def _materialize(plan: list[Any], data: Mapping[str, Examples], stream: str) -> 
     return [{"forget": one(data["forget"], b["forget"]), "retain": one(data["retain"], b["retain"])}
             for b in plan]
   return [one(source, b) for b in plan]
-
-
-def _stream_batches(stream: str, data: Mapping[str, Examples], batch_size: int, seed: int,
-                    epoch: int, n_dev: int, max_steps: int | None, partial: str = "drop",
-                    phase_epoch: int = 0) -> list[Any]:
-  """Host batches of one epoch of ``stream`` (see :func:`_stream_plan`)."""
-  sizes = {"retain": len(data["retain"]), "forget": len(data["forget"])}
-  plan = _stream_plan(stream, sizes, batch_size, seed, epoch, n_dev, max_steps, partial, phase_epoch)
-  return _materialize(plan, data, stream)
 
 
 def _count(batch: Any) -> int:

@@ -47,7 +47,8 @@ def finetune(lr: float = 1e-3, epochs: int = 2, momentum: float = 0.0,
   check_positive("finetune", lr=lr, epochs=epochs)
   train = common.bn_train("finetune", bn_mode)
   return Unlearner(
-      name="finetune", hparams={"lr": lr, "epochs": epochs, "momentum": momentum, "bn_mode": bn_mode},
+      name="finetune",
+      hparams={"lr": lr, "epochs": epochs, "momentum": momentum, "bn_mode": bn_mode},
       optimizer=common.reference_sgd(lr, momentum),
       phases=lambda spec: [Phase("retain", "retain", common.supervised_step(spec.task, train=train),
                                  epochs, partial="keep")])

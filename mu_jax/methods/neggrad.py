@@ -87,7 +87,8 @@ def neggrad_plus(alpha: float = 0.5, scale: float = 2.0, lr: float = 1e-3, epoch
       def loss_fn(params):
         lr_, stats = common.forward(state, params, state.batch_stats, r["image"], train=train,
                                     mask=r.get("mask"))
-        lf_, stats = common.forward(state, params, stats, f["image"], train=train, mask=f.get("mask"))
+        lf_, stats = common.forward(state, params, stats, f["image"], train=train,
+                                    mask=f.get("mask"))
         ce_r = common.task_loss(lr_, r["label"], task, r.get("mask"))
         ce_f = common.task_loss(lf_, f["label"], task, f.get("mask"))
         loss = scale * (alpha * ce_r - (1 - alpha) * ce_f)

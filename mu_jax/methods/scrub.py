@@ -91,7 +91,8 @@ def max_step(task: str, temperature: float, train: bool = True):
       s_logits, stats = common.forward(state, params, state.batch_stats, batch["image"], train=train,
                                        mask=mask)
       kl = common.mean(common.kl_div(t_logits, s_logits, temperature, task), mask)
-      return -kl, (stats, {"kl": kl, "accuracy": common.accuracy(s_logits, batch["label"], task, mask)})
+      return -kl, (stats, {"kl": kl,
+                           "accuracy": common.accuracy(s_logits, batch["label"], task, mask)})
 
     state, metrics = common.gradient_step(state, loss_fn)
     return state, aux, metrics
