@@ -63,11 +63,15 @@ def test_noise_takes_the_retain_label_at_its_global_position():
 def test_unsir_phases_and_multilabel_impair_step():
   u = methods.create("unsir")
   assert u.hparams == {"noise_steps": 5, "noise_lr": 0.01, "lr": 1e-3, "impair_epochs": 2,
-                       "repair_epochs": 1, "train_mode": False}
+                       "repair_epochs": 1, "train_mode": False, "bn_mode": "eval"}
+  assert methods.create("unsir", bn_mode="train").hparams["train_mode"] is True
+  with pytest.raises(ValueError, match="contradicts"):
+    methods.create("unsir", train_mode=True, bn_mode="eval")
   spec = _spec("multilabel", 3)
   phases = u.phases(spec)
-  assert [(p.name, p.stream, p.epochs) for p in phases] == [("impair", "zip", 2),
-                                                             ("repair", "retain", 1)]
+  # The impair pairs skip partial batches; the repair keeps the last one, as the reference's loaders.
+  assert [(p.name, p.stream, p.epochs, p.partial) for p in phases] == [
+      ("impair", "zip", 2, "drop"), ("repair", "retain", 1, "keep")]
   ds = helpers.tiny_dataset("multilabel")
   f, r = ds.split("forget"), ds.split("retain")
   batch = {"forget": {"image": _float(f.images[:8]), "label": f.labels[:8]},
@@ -114,9 +118,9 @@ def test_noise_rows_cycle_through_the_forget_classes():
 
 def test_unsir_class_phases_and_task():
   u = methods.create("unsir_class")
-  assert [(p.name, p.stream, p.max_steps) for p in u.phases(_spec())] == [
-      ("classes", "forget", None), ("noise", "forget", 1), ("impair", "retain", None),
-      ("repair", "retain", None)]
+  assert [(p.name, p.stream, p.max_steps, p.partial) for p in u.phases(_spec())] == [
+      ("classes", "forget", None, "keep"), ("noise", "forget", 1, "drop"),
+      ("impair", "retain", None, "drop"), ("repair", "retain", None, "keep")]
   ds = helpers.tiny_dataset("multilabel")
   with pytest.raises(MethodNotApplicable, match="multilabel"):
     methods.run(u, helpers.tiny_state(helpers.tiny_model(3)), ds)
@@ -171,8 +175,9 @@ def test_scrub_kl_is_zero_on_the_first_step_and_the_forget_pass_raises_it():
 
 def test_scrub_phases_alternate_and_multilabel_runs_the_retain_pass_only():
   u = methods.create("scrub")
-  assert u.hparams == {"temperature": 4.0, "lr": 1e-3, "epochs": 2}
+  assert u.hparams == {"temperature": 4.0, "lr": 1e-3, "epochs": 2, "bn_mode": "train"}
   assert [p.name for p in u.phases(_spec())] == ["min_retain", "max_forget"] * 2
+  assert {p.partial for p in u.phases(_spec())} == {"keep"}  # both passes see every example
   assert [(p.name, p.epochs) for p in u.phases(_spec("multilabel", 3))] == [("min_retain", 2)]
   assert "multilabel" in u.tasks
 

@@ -4,10 +4,13 @@ Images stay uint8 on the host; they become float32 NHWC in [0, 1] on the device,
 normalisation (as the MUFAC/MUCAC reference code does: ``ToTensor()`` only).
 
 Last-batch policy (tested):
-  * Training streams drop the last partial batch. Every step then has one shape (one trace) and
-    BatchNorm never sees a tiny batch; the order is reshuffled every epoch, so over epochs every
-    example is used. With fewer examples than a batch, the batch shrinks to the largest multiple of
-    the device count that fits (``effective_batch_size``).
+  * Training streams drop the last partial batch by default. Every step then has one shape (one
+    trace) and BatchNorm never sees a tiny batch; the order is reshuffled every epoch, so over
+    epochs every example is used. With fewer examples than a batch, the batch shrinks to the
+    largest multiple of the device count that fits (``effective_batch_size``).
+  * A stream may instead keep it, as torch's ``DataLoader`` does by default
+    (``padded_train_batches``): the last batch is padded to the full shape with a 0/1 mask, so it
+    compiles with the others, and the steps leave the padded rows out of losses and statistics.
   * Evaluation pads the last batch to full size and carries a 0/1 ``mask``; padded rows are dropped
     on the host, so every example is evaluated exactly once.
 
@@ -54,6 +57,27 @@ def train_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool 
   """Index arrays of the full batches of one epoch (the last partial batch dropped)."""
   order = epoch_order(n, seed, epoch, shuffle)
   return [order[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+
+
+def padded_train_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True
+                         ) -> list[tuple[np.ndarray, np.ndarray]]:
+  """(index, mask) pairs of one epoch, the last partial batch kept: ``ceil(n / batch_size)``.
+
+  The order is :func:`epoch_order`'s, so the full batches equal :func:`train_batches`'; the last
+  batch is padded with its own first index under mask 0.
+  """
+  if n <= 0:
+    raise ValueError(f"a stream needs at least one example, got {n}")
+  order = epoch_order(n, seed, epoch, shuffle)
+  out = []
+  for start in range(0, n, batch_size):
+    idx = order[start:start + batch_size]
+    mask = np.zeros(batch_size, np.float32)
+    mask[:len(idx)] = 1.0
+    if len(idx) < batch_size:
+      idx = np.concatenate([idx, np.full(batch_size - len(idx), idx[0], idx.dtype)])
+    out.append((idx, mask))
+  return out
 
 
 def eval_batches(n: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

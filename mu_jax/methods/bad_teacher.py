@@ -96,16 +96,19 @@ def bad_teacher(temperature: float = 1.0, lr: float = 1e-4, epochs: int = 1,
       bf = f["image"].shape[0]
       images = jnp.concatenate([f["image"], r["image"]])
       is_forget = jnp.arange(images.shape[0]) < bf
+      mf, mr = f.get("mask"), r.get("mask")
+      mask = None if mf is None or mr is None else jnp.concatenate([mf, mr])
       good = _logits(state, aux["teacher"], images)
       bad = _logits(state, aux["bad_teacher"], images)
 
       def loss_fn(params):
-        s_logits, stats = common.forward(state, params, state.batch_stats, images)
+        s_logits, stats = common.forward(state, params, state.batch_stats, images, mask=mask)
         kl = bad_teaching_kl(s_logits, good, bad, is_forget, temperature)
-        return kl.mean() / num_classes, (stats, {
-            "kl_forget_to_bad": kl[:bf].mean(), "kl_retain_to_original": kl[bf:].mean(),
-            "forget_accuracy": common.accuracy(s_logits[:bf], f["label"], "multiclass"),
-            "retain_accuracy": common.accuracy(s_logits[bf:], r["label"], "multiclass")})
+        return common.mean(kl, mask) / num_classes, (stats, {
+            "kl_forget_to_bad": common.mean(kl[:bf], mf),
+            "kl_retain_to_original": common.mean(kl[bf:], mr),
+            "forget_accuracy": common.accuracy(s_logits[:bf], f["label"], "multiclass", mf),
+            "retain_accuracy": common.accuracy(s_logits[bf:], r["label"], "multiclass", mr)})
 
       state, metrics = common.gradient_step(state, loss_fn)
       return state, aux, metrics

@@ -17,8 +17,11 @@ An Unlearner has
 
 Steps are written per device like the training step (``lax.pmean`` over
 :data:`mu_jax.parallel.AXIS`); the driver compiles them data-parallel. ``batch`` is
-``{"image", "label"}`` for single streams and ``{"forget": {...}, "retain": {...}}`` for the
+``{"image", "label", "mask"}`` for single streams and ``{"forget": {...}, "retain": {...}}`` for the
 paired ones; images arrive as float32 in [0, 1], already augmented when the phase asks for it.
+``mask`` (float 0/1 per row) marks the real rows: all ones unless the phase keeps the last partial
+batch (``Phase.partial="keep"``), which arrives padded to the full shape; steps pass it to the
+helpers of :mod:`mu_jax.methods.common`. Steps called without a mask treat every row as real.
 ``info`` holds ``progress`` (fraction of the whole run's steps done, for schedules) and ``epoch``.
 ``metrics`` must include ``loss`` (the driver stops on a non-finite one).
 """
@@ -38,6 +41,17 @@ from mu_jax.training.state import TrainState
 # paired: forget and retain together; an epoch is one pass over the longer, the shorter cycled.
 # zip: forget and retain together; an epoch stops at the end of the shorter (Python's zip).
 STREAMS = ("retain", "forget", "train", "paired", "zip")
+SINGLE_STREAMS = ("retain", "forget", "train")
+
+# What happens to batches that are not full (the reference's loaders keep the last partial batch;
+# its pair loops skip a pair unless both batches are full):
+# drop: partial batches are dropped before pairing (mu_jax's default).
+# keep: single streams keep the last partial batch, padded with a mask (torch's DataLoader).
+# skip: pair streams pair the loaders' batches, partial ones included, and skip every pair with a
+#   batch that is not full. For "paired" this is the reference's NegGrad loop: one pass over the
+#   retain loader with a forget iterator that restarts (reshuffled) when exhausted and carries
+#   over from one epoch to the next; for "zip" it equals "drop".
+PARTIAL = ("drop", "keep", "skip")
 
 Step = Callable[..., tuple[TrainState, Any, dict[str, jax.Array]]]
 
@@ -75,6 +89,7 @@ class Phase:
     augment: feed the reference training augmentation (as the reference's train loaders).
     after: optional pure ``(state, aux) -> (state, aux)`` run once at the end of the phase.
     max_steps: optional cap on steps per epoch (e.g. a fixed number of noise batches).
+    partial: what happens to batches that are not full: one of :data:`PARTIAL`.
   """
 
   name: str
@@ -84,10 +99,19 @@ class Phase:
   augment: bool = True
   after: Callable[[TrainState, Any], tuple[TrainState, Any]] | None = None
   max_steps: int | None = None
+  partial: str = "drop"
 
   def __post_init__(self):
     if self.stream not in STREAMS:
       raise ValueError(f"phase {self.name!r}: stream must be one of {STREAMS}, got {self.stream!r}")
+    if self.partial not in PARTIAL:
+      raise ValueError(f"phase {self.name!r}: partial must be one of {PARTIAL}, got {self.partial!r}")
+    if self.partial == "keep" and self.stream not in SINGLE_STREAMS:
+      raise ValueError(f"phase {self.name!r}: partial='keep' needs a single stream "
+                       f"{SINGLE_STREAMS}, got {self.stream!r}")
+    if self.partial == "skip" and self.stream in SINGLE_STREAMS:
+      raise ValueError(f"phase {self.name!r}: partial='skip' applies to the pair streams "
+                       f"('paired', 'zip'); a single stream skips its partial batch with 'drop'")
     if self.epochs < 0:
       raise ValueError(f"phase {self.name!r}: epochs must be >= 0, got {self.epochs}")
 

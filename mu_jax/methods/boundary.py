@@ -102,14 +102,14 @@ def boundary_shrink(bound: float = 0.1, lr: float = 1e-3, epochs: int = 10,
 
     def step(state, aux, batch, rng, info):
       del rng, info
-      x, y = batch["image"], batch["label"]
+      x, y, mask = batch["image"], batch["label"], batch.get("mask")
       y_new = shrink_labels(state, aux, x, y, bound)
 
       def loss_fn(params):
-        logits, stats = common.forward(state, params, state.batch_stats, x)
-        loss = common.task_loss(logits, y_new, task)
-        return loss, (stats, {"accuracy": common.accuracy(logits, y, task),
-                              "shrink_label_accuracy": common.accuracy(logits, y_new, task)})
+        logits, stats = common.forward(state, params, state.batch_stats, x, mask=mask)
+        loss = common.task_loss(logits, y_new, task, mask)
+        return loss, (stats, {"accuracy": common.accuracy(logits, y, task, mask),
+                              "shrink_label_accuracy": common.accuracy(logits, y_new, task, mask)})
 
       state, metrics = common.gradient_step(state, loss_fn)
       return state, aux, metrics
@@ -152,19 +152,20 @@ def boundary_expand(lr: float = 1e-3, epochs: int = 10) -> Unlearner:
   def phases(spec):
     shadow_class = spec.num_classes
 
-    def ce_to_shadow(logits, shadow_logit):
+    def ce_to_shadow(logits, shadow_logit, mask):
       full = jnp.concatenate([logits.astype(jnp.float32), shadow_logit], axis=-1)
       target = jnp.full((full.shape[0],), shadow_class, jnp.int32)
-      return optax.softmax_cross_entropy_with_integer_labels(full, target).mean()
+      return common.mean(optax.softmax_cross_entropy_with_integer_labels(full, target), mask)
 
     def step(state, aux, batch, rng, info):
       del rng, info
-      x, y = batch["image"], batch["label"]
+      x, y, mask = batch["image"], batch["label"], batch.get("mask")
 
       def loss_fn(params):
-        (logits, pooled), stats = common.forward(state, params, state.batch_stats, x, features=True)
+        (logits, pooled), stats = common.forward(state, params, state.batch_stats, x, features=True,
+                                                 mask=mask)
         shadow = shadow_logits(pooled, aux)
-        loss = ce_to_shadow(logits, shadow)
+        loss = ce_to_shadow(logits, shadow, mask)
         # The shadow column's gradient, taken here where the features are at hand: the loss
         # depends on it only through the shadow logit, so differentiating the head alone (with
         # the network's outputs held fixed) gives exactly its part of the joint gradient.
@@ -172,10 +173,11 @@ def boundary_expand(lr: float = 1e-3, epochs: int = 10) -> Unlearner:
         # model's gradients.
         fixed_logits, fixed_pooled = jax.lax.stop_gradient((logits, pooled))
         shadow_grad = jax.grad(
-            lambda s: ce_to_shadow(fixed_logits, shadow_logits(fixed_pooled, s)))(aux)
+            lambda s: ce_to_shadow(fixed_logits, shadow_logits(fixed_pooled, s), mask))(aux)
         to_shadow = jnp.argmax(jnp.concatenate([logits, shadow], -1), -1) == shadow_class
-        return loss, (stats, {"accuracy": common.accuracy(logits, y, "multiclass"),
-                              "shadow_rate": to_shadow.mean(), "shadow_grad": shadow_grad})
+        return loss, (stats, {"accuracy": common.accuracy(logits, y, "multiclass", mask),
+                              "shadow_rate": common.mean(to_shadow.astype(jnp.float32), mask),
+                              "shadow_grad": shadow_grad})
 
       state, metrics = common.gradient_step(state, loss_fn)
       grad = metrics.pop("shadow_grad")

@@ -1,4 +1,13 @@
-"""Building blocks shared by the method steps: forward passes, a gradient step, optimizers."""
+"""Building blocks shared by the method steps: forward passes, a gradient step, optimizers.
+
+Padded batches. A phase that keeps the last partial batch (``Phase.partial="keep"``) gets it padded
+to the static batch shape with a 0/1 ``mask`` (every batch the driver feeds carries one). The
+helpers here take that mask: :func:`forward` restricts train-mode BatchNorm statistics to the real
+rows, :func:`mean` (and :func:`task_loss`, :func:`accuracy`) average over the real rows of the
+global batch. A masked step therefore equals the unpadded step on the real examples (loss,
+gradient, BatchNorm statistics), on any number of devices, including a device whose shard is all
+padding. ``mask=None`` is a full batch.
+"""
 
 from __future__ import annotations
 
@@ -22,26 +31,62 @@ def reference_sgd(lr: float = 1e-3, momentum: float = 0.0, weight_decay: float =
   return sgd(lr, momentum, weight_decay)
 
 
+# BatchNorm modes of a method's model steps: "train" (batch statistics; the running statistics
+# move, as after ``model.train()``) or "eval" (running statistics, never updated: ``model.eval()``).
+BN_MODES = ("train", "eval")
+
+
+def bn_train(name: str, bn_mode: str) -> bool:
+  """``bn_mode == "train"``; a ValueError naming the method for an unknown mode."""
+  if bn_mode not in BN_MODES:
+    raise ValueError(f"{name}: bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
+  return bn_mode == "train"
+
+
 def forward(state: TrainState, params: Any, batch_stats: Any, images: jax.Array, *,
-            train: bool = True, features: bool = False) -> tuple[Any, Any]:
+            train: bool = True, features: bool = False, mask: jax.Array | None = None
+            ) -> tuple[Any, Any]:
   """Runs the model; in train mode returns the updated BN statistics, else the given ones.
 
   Chaining ``batch_stats`` through several train-mode calls reproduces the reference, which calls
   the model on the retain batch and on the forget batch one after the other in ``train()`` mode.
+  ``mask`` (this device's rows, 0/1) keeps padded rows out of the train-mode BN statistics.
   """
   variables = {"params": params, "batch_stats": batch_stats}
+  kwargs = {"features": features}
+  if train and mask is not None:
+    kwargs["mask"] = mask
   if train:
-    out, upd = state.apply_fn(variables, images, train=True, features=features, mutable=["batch_stats"])
+    out, upd = state.apply_fn(variables, images, train=True, mutable=["batch_stats"], **kwargs)
     return out, upd["batch_stats"]
-  return state.apply_fn(variables, images, train=False, features=features), batch_stats
+  return state.apply_fn(variables, images, train=False, **kwargs), batch_stats
 
 
-def task_loss(logits: jax.Array, labels: jax.Array, task: str) -> jax.Array:
-  return losses.per_example_loss(logits, labels, task).mean()
+def mean(values: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  """The mean of per-example ``values`` over the real rows, as this device's share.
+
+  Without a mask: this device's mean (the driver's shards are equal, so the mean over devices is
+  the global mean). With a mask: ``n_dev · Σ_local(v·m) / Σ_global(m)``, whose mean over the
+  devices is the global mean over the real rows and whose gradient, averaged over the devices as
+  :func:`gradient_step` does, is the gradient of that global mean, whatever each device's count.
+  """
+  if mask is None:
+    return values.mean()
+  m = mask.astype(jnp.float32).reshape(mask.shape + (1,) * (values.ndim - mask.ndim))
+  m = jnp.broadcast_to(m, values.shape)
+  total = lax.psum(m.sum(), parallel.AXIS)
+  local = (values.astype(jnp.float32) * m).sum()
+  return lax.axis_size(parallel.AXIS) * local / jnp.maximum(total, 1.0)
 
 
-def accuracy(logits: jax.Array, labels: jax.Array, task: str) -> jax.Array:
-  return losses.per_example_correct(logits, labels, task).mean()
+def task_loss(logits: jax.Array, labels: jax.Array, task: str, mask: jax.Array | None = None
+              ) -> jax.Array:
+  return mean(losses.per_example_loss(logits, labels, task), mask)
+
+
+def accuracy(logits: jax.Array, labels: jax.Array, task: str, mask: jax.Array | None = None
+             ) -> jax.Array:
+  return mean(losses.per_example_correct(logits, labels, task), mask)
 
 
 def gradient_step(state: TrainState, loss_fn: Callable[[Any], tuple[jax.Array, tuple[Any, dict]]],
@@ -59,16 +104,23 @@ def gradient_step(state: TrainState, loss_fn: Callable[[Any], tuple[jax.Array, t
   return state, lax.pmean({"loss": loss, **metrics}, parallel.AXIS)
 
 
-def supervised_step(task: str, sign: float = 1.0) -> Callable[..., Any]:
-  """A step on ``sign · task loss`` of a single-stream batch (sign −1 is gradient ascent)."""
+def supervised_step(task: str, sign: float = 1.0, train: bool = True) -> Callable[..., Any]:
+  """A step on ``sign · task loss`` of a single-stream batch (sign −1 is gradient ascent).
+
+  ``train``: BatchNorm in train mode (batch statistics over the real rows, running statistics
+  updated) or eval mode (running statistics, left exactly as they are).
+  """
 
   def step(state, aux, batch, rng, info):
     del rng, info
+    mask = batch.get("mask")
 
     def loss_fn(params):
-      logits, stats = forward(state, params, state.batch_stats, batch["image"])
-      loss = task_loss(logits, batch["label"], task)
-      return sign * loss, (stats, {"task_loss": loss, "accuracy": accuracy(logits, batch["label"], task)})
+      logits, stats = forward(state, params, state.batch_stats, batch["image"], train=train,
+                              mask=mask)
+      loss = task_loss(logits, batch["label"], task, mask)
+      return sign * loss, (stats, {"task_loss": loss,
+                                   "accuracy": accuracy(logits, batch["label"], task, mask)})
 
     state, metrics = gradient_step(state, loss_fn)
     return state, aux, metrics

@@ -1,9 +1,9 @@
 """``run``: the one loop that drives every unlearning method.
 
 It rebuilds the state with the method's optimizer, calls the method's ``init``, then walks its
-phases: each epoch feeds the phase's stream (retain, forget, train, paired or zip; last partial
-batches dropped as in :mod:`mu_jax.data.pipeline`) to the phase's step, compiled data-parallel
-once per phase and batch shape. After every epoch it logs forget/retain/test loss and accuracy to
+phases: each epoch feeds the phase's stream (retain, forget, train, paired or zip; partial
+batches dropped, kept under a mask or skipped, as the phase's ``partial`` says) to the phase's
+step, compiled data-parallel once per phase and batch shape. After every epoch it logs forget/retain/test loss and accuracy to
 ``metrics.jsonl`` and, given a checkpoint directory, saves state and aux with orbax, so the same
 call after an interruption resumes where it stopped and ends with the same parameters.
 
@@ -90,31 +90,101 @@ def _splits(data: Any) -> Mapping[str, Examples]:
   return data
 
 
-def _stream_batches(stream: str, data: Mapping[str, Examples], batch_size: int, seed: int,
-                    epoch: int, n_dev: int, max_steps: int | None) -> list[Any]:
-  """Host batches of one epoch of ``stream``."""
+def _stream_plan(stream: str, sizes: Mapping[str, int], batch_size: int, seed: int, epoch: int,
+                 n_dev: int, max_steps: int | None, partial: str = "drop", phase_epoch: int = 0
+                 ) -> list[Any]:
+  """Index batches of one epoch of ``stream``: ``(index, mask)`` or a dict of two of them.
 
-  def single(name: str, salt: int) -> list[dict[str, np.ndarray]]:
-    ex = data[name]
-    b = pipeline.effective_batch_size(len(ex), batch_size, n_dev)
-    order = pipeline.train_batches(len(ex), b, seed * 1000 + salt, epoch)
-    return [pipeline.host_batch(ex, idx) for idx in order]
+  Args:
+    stream: a :data:`mu_jax.methods.base.STREAMS` entry.
+    sizes: examples per split ("retain", "forget").
+    batch_size: the global batch.
+    seed: the run's seed.
+    epoch: the run's epoch index (every phase epoch has its own shuffles).
+    n_dev: devices the batch is split over.
+    max_steps: cap on the batches returned.
+    partial: :data:`mu_jax.methods.base.PARTIAL`.
+    phase_epoch: the epoch within the phase; the "skip" paired stream continues its forget
+      iterator from the previous phase epoch, as the reference's loop does.
+
+  Returns:
+    The epoch's batches; indices of the "train" stream run over retain then forget.
+  """
+  n_r, n_f = sizes["retain"], sizes["forget"]
+
+  def single(n: int, salt: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    if partial == "keep":
+      if batch_size % n_dev:
+        raise ValueError(f"batch size {batch_size} is not divisible by the {n_dev} devices")
+      return pipeline.padded_train_batches(n, batch_size, seed * 1000 + salt, epoch)
+    b = pipeline.effective_batch_size(n, batch_size, n_dev)
+    return [(idx, np.ones(b, np.float32))
+            for idx in pipeline.train_batches(n, b, seed * 1000 + salt, epoch)]
 
   if stream in ("retain", "forget"):
-    out = single(stream, 1 if stream == "forget" else 2)
+    out = single(n_r if stream == "retain" else n_f, 1 if stream == "forget" else 2)
   elif stream == "train":
-    joined = Examples.concatenate([data["retain"], data["forget"]])
-    b = pipeline.effective_batch_size(len(joined), batch_size, n_dev)
-    out = [pipeline.host_batch(joined, idx) for idx in pipeline.train_batches(len(joined), b, seed * 1000 + 3, epoch)]
+    out = single(n_r + n_f, 3)
+  elif stream == "paired" and partial == "skip":
+    out = _reference_paired(n_f, n_r, batch_size, seed, epoch, n_dev, phase_epoch)
   else:
-    f, r = single("forget", 1), single("retain", 2)
+    f, r = single(n_f, 1), single(n_r, 2)
     n = max(len(f), len(r)) if stream == "paired" else min(len(f), len(r))
     out = [{"forget": f[i % len(f)], "retain": r[i % len(r)]} for i in range(n)]
   return out[:max_steps] if max_steps is not None else out
 
 
+def _reference_paired(n_f: int, n_r: int, batch_size: int, seed: int, epoch: int, n_dev: int,
+                      phase_epoch: int) -> list[Any]:
+  """The reference's NegGrad loop: retain batches, a cycled forget iterator, full pairs only.
+
+  Every retain batch of the epoch (the partial one included) draws the next forget batch (the
+  partial one included) from an iterator made once per phase, which restarts with a new shuffle
+  when exhausted; a pair is used only when both batches are full. On MUFAC (8,525 retain, 1,500
+  forget, batch 64) that is 128 steps in the first epoch and 127 in the second, against 134
+  iterations. A split smaller than the batch would never give a full batch (the reference then
+  takes no step at all); its batch shrinks instead, as ``pipeline.effective_batch_size`` says.
+  """
+  b_f = pipeline.effective_batch_size(n_f, batch_size, n_dev)
+  b_r = pipeline.effective_batch_size(n_r, batch_size, n_dev)
+  retain = _chunks(pipeline.epoch_order(n_r, seed * 1000 + 2, epoch), b_r)
+  per_cycle = -(-n_f // b_f)
+  phase_start = epoch - phase_epoch  # the run epoch where the phase (and its iterator) began
+  out, orders = [], {}
+  for i, r in enumerate(retain):
+    cycle, j = divmod(phase_epoch * len(retain) + i, per_cycle)
+    if cycle not in orders:
+      orders[cycle] = np.random.default_rng([seed * 1000 + 4, phase_start, cycle]).permutation(n_f)
+    f = orders[cycle][j * b_f:(j + 1) * b_f]
+    if len(f) == b_f and len(r) == b_r:
+      out.append({"forget": (f, np.ones(b_f, np.float32)), "retain": (r, np.ones(b_r, np.float32))})
+  return out
+
+
+def _chunks(order: np.ndarray, size: int) -> list[np.ndarray]:
+  return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def _materialize(plan: list[Any], data: Mapping[str, Examples], stream: str) -> list[Any]:
+  """Host batches ``{"image", "label", "mask"}`` (or a forget/retain dict of them) of a plan."""
+  if stream in ("retain", "forget"):
+    source = data[stream]
+  elif stream == "train":
+    source = Examples.concatenate([data["retain"], data["forget"]])
+
+  def one(ex: Examples, item: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+    idx, mask = item
+    return {**pipeline.host_batch(ex, idx), "mask": mask}
+
+  if stream in ("paired", "zip"):
+    return [{"forget": one(data["forget"], b["forget"]), "retain": one(data["retain"], b["retain"])}
+            for b in plan]
+  return [one(source, b) for b in plan]
+
+
 def _count(batch: Any) -> int:
-  return sum(len(x["label"]) for x in ([batch["forget"], batch["retain"]] if "forget" in batch else [batch]))
+  parts = [batch["forget"], batch["retain"]] if "forget" in batch else [batch]
+  return int(sum(np.sum(x["mask"]) if "mask" in x else len(x["label"]) for x in parts))
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -200,8 +270,10 @@ def run_detailed(unlearner: Unlearner, state: TrainState, data: Any,
   phases = list(unlearner.phases(spec))
   epochs = [(p, e) for p in phases for e in range(p.epochs)]
   n_dev = parallel.num_devices()
-  total_steps = sum(len(_stream_batches(p.stream, data, config.batch_size, config.seed, 0, n_dev,
-                                        p.max_steps)) * p.epochs for p in phases)
+  sizes = {"retain": len(data["retain"]), "forget": len(data["forget"])}
+  plans = [_stream_plan(p.stream, sizes, config.batch_size, config.seed, k, n_dev, p.max_steps,
+                        p.partial, e) for k, (p, e) in enumerate(epochs)]
+  total_steps = sum(len(plan) for plan in plans)
   halted = jnp.bool_(False)
   start = 0
   ckpt = metrics_path = None
@@ -223,10 +295,10 @@ def run_detailed(unlearner: Unlearner, state: TrainState, data: Any,
     message = f"{unlearner.name}: the checkpointed run had stopped on a non-finite loss"
   executables: dict[Any, tuple[Any, float]] = {}  # (phase step, batch shapes) -> (executable, s)
   for k, (phase, e) in enumerate(epochs):
-    batches = _stream_batches(phase.stream, data, config.batch_size, config.seed, k, n_dev, phase.max_steps)
     if k < start:
-      done_steps += len(batches)
+      done_steps += len(plans[k])
       continue
+    batches = _materialize(plans[k], data, phase.stream)
     fn = _compile_phase(phase.step, phase.augment)
     compile_s = 0.0
     if batches:

@@ -10,6 +10,18 @@
   in the reference (the model is in ``train()`` mode; only ``requires_grad`` is off).
 * ``eu_k`` (same paper): the last k blocks are re-initialised, then trained on retain while the
   rest stays frozen.
+
+BatchNorm mode (``bn_mode``). The MUFAC reference fine-tunes with BatchNorm in **eval** mode: its
+fine-tuning notebook evaluates the model (``model.eval()``) in the cell before the loop and never
+sets it back to ``train()``, so the batch statistics are never used and the running statistics
+never move [ndb796/MachineUnlearning@9813cd7:01_MUFAC/Machine_Unlearning_MUFAC_FineTuing.ipynb;
+ndb796/MachineUnlearning@14a106c, the MUFAC Full_Experiments notebook, cells 34-35, the run
+behind the README's fine-tuning row]. ``finetune`` defaults to ``bn_mode="eval"``. CF-3 there, and every MUCAC
+notebook, load a fresh model, which is in train mode: ``cf_k`` and ``eu_k`` default to "train",
+and a MUCAC fine-tuning run sets ``bn_mode="train"``.
+
+Batches: one pass over retain per epoch, the last partial batch kept (masked), as the reference's
+``DataLoader`` does: 134 steps per MUFAC epoch (8,525 images at 64).
 """
 
 from __future__ import annotations
@@ -21,17 +33,33 @@ from mu_jax.methods.base import Phase, Unlearner, check_positive
 from mu_jax.models.registry import last_blocks
 
 
-def finetune(lr: float = 1e-3, epochs: int = 2, momentum: float = 0.0) -> Unlearner:
-  """Fine-tune on retain (defaults: the MUFAC reference)."""
+def finetune(lr: float = 1e-3, epochs: int = 2, momentum: float = 0.0,
+             bn_mode: str = "eval") -> Unlearner:
+  """Fine-tune on retain (defaults: the MUFAC reference).
+
+  Args:
+    lr: SGD learning rate (0.001).
+    epochs: passes over retain (2).
+    momentum: SGD momentum (none).
+    bn_mode: "eval" (the MUFAC reference: running statistics, never updated) or "train" (MUCAC).
+
+  Returns:
+    The Unlearner.
+  """
   check_positive("finetune", lr=lr, epochs=epochs)
+  train = common.bn_train("finetune", bn_mode)
   return Unlearner(
-      name="finetune", hparams={"lr": lr, "epochs": epochs, "momentum": momentum},
+      name="finetune",
+      hparams={"lr": lr, "epochs": epochs, "momentum": momentum, "bn_mode": bn_mode},
       optimizer=common.reference_sgd(lr, momentum),
-      phases=lambda spec: [Phase("retain", "retain", common.supervised_step(spec.task), epochs)])
+      phases=lambda spec: [Phase("retain", "retain", common.supervised_step(spec.task, train=train),
+                                 epochs, partial="keep")])
 
 
-def _frozen(name: str, k: int, lr: float, epochs: int, momentum: float, reinit: bool) -> Unlearner:
+def _frozen(name: str, k: int, lr: float, epochs: int, momentum: float, reinit: bool,
+            bn_mode: str) -> Unlearner:
   check_positive(name, lr=lr, epochs=epochs, k=k)
+  train = common.bn_train(name, bn_mode)
   opt = common.reference_sgd(lr, momentum)
 
   def init(state, rng, spec):
@@ -47,20 +75,28 @@ def _frozen(name: str, k: int, lr: float, epochs: int, momentum: float, reinit: 
 
   # The optimizer is replaced in init (it needs the model's block names); the driver's initial
   # state uses the plain optimizer only until then.
-  return Unlearner(name=name, hparams={"k": k, "lr": lr, "epochs": epochs, "momentum": momentum},
+  return Unlearner(name=name, hparams={"k": k, "lr": lr, "epochs": epochs, "momentum": momentum,
+                                       "bn_mode": bn_mode},
                    optimizer=opt, init=init,
-                   phases=lambda spec: [Phase("retain", "retain", common.supervised_step(spec.task), epochs)])
+                   phases=lambda spec: [Phase("retain", "retain",
+                                              common.supervised_step(spec.task, train=train), epochs,
+                                              partial="keep")])
 
 
-def cf_k(k: int = 3, lr: float = 1e-3, epochs: int = 2, momentum: float = 0.0) -> Unlearner:
-  """CF-k: train only the last ``k`` blocks on retain (defaults: the MUFAC reference's CF-3)."""
-  return _frozen("cf_k", k, lr, epochs, momentum, reinit=False)
+def cf_k(k: int = 3, lr: float = 1e-3, epochs: int = 2, momentum: float = 0.0,
+         bn_mode: str = "train") -> Unlearner:
+  """CF-k: train only the last ``k`` blocks on retain (defaults: the MUFAC reference's CF-3).
+
+  ``bn_mode``: "train" (the reference: a freshly loaded model) or "eval".
+  """
+  return _frozen("cf_k", k, lr, epochs, momentum, reinit=False, bn_mode=bn_mode)
 
 
-def eu_k(k: int = 3, lr: float = 1e-2, epochs: int = 10, momentum: float = 0.9) -> Unlearner:
+def eu_k(k: int = 3, lr: float = 1e-2, epochs: int = 10, momentum: float = 0.9,
+         bn_mode: str = "train") -> Unlearner:
   """EU-k: re-initialise the last ``k`` blocks and train them on retain.
 
   The reference has no EU-k run; the defaults (lr 0.01 with momentum, 10 epochs) give re-initialised
   blocks enough updates to recover utility, as in Goel et al.'s setting of training them anew.
   """
-  return _frozen("eu_k", k, lr, epochs, momentum, reinit=True)
+  return _frozen("eu_k", k, lr, epochs, momentum, reinit=True, bn_mode=bn_mode)

@@ -70,14 +70,15 @@ def l1_sparse(alpha: float = 5e-4, lr: float = 1e-2, epochs: int = 10, no_l1_epo
     def step(state, aux, batch, rng, info):
       del rng
       coef = l1_coefficient(alpha, info["epoch"], epochs, no_l1_epochs)
+      mask = batch.get("mask")
 
       def loss_fn(params):
-        logits, stats = common.forward(state, params, state.batch_stats, batch["image"])
-        ce = common.task_loss(logits, batch["label"], task)
+        logits, stats = common.forward(state, params, state.batch_stats, batch["image"], mask=mask)
+        ce = common.task_loss(logits, batch["label"], task, mask)
         norm = l1_norm(params)
         return ce + coef * norm, (stats, {
             "task_loss": ce, "l1_norm": norm, "l1_alpha": coef,
-            "accuracy": common.accuracy(logits, batch["label"], task)})
+            "accuracy": common.accuracy(logits, batch["label"], task, mask)})
 
       state, metrics = common.gradient_step(state, loss_fn)
       return state, aux, metrics

@@ -69,16 +69,18 @@ def make_step(task: str, num_classes: int, masked: bool = False) -> Callable[...
     f, r = batch["forget"], batch["retain"]
     y_rand = relabel(rng, f["label"], parallel.global_index(f["label"].shape[0]), num_classes, task)
 
+    mf, mr = f.get("mask"), r.get("mask")
+
     def loss_fn(params):
       # Forget first, then retain, chaining BN statistics as SalUn's epoch does (forget pass first).
-      logits_f, stats = common.forward(state, params, state.batch_stats, f["image"])
-      logits_r, stats = common.forward(state, params, stats, r["image"])
-      ce_f = common.task_loss(logits_f, y_rand, task)
-      ce_r = common.task_loss(logits_r, r["label"], task)
+      logits_f, stats = common.forward(state, params, state.batch_stats, f["image"], mask=mf)
+      logits_r, stats = common.forward(state, params, stats, r["image"], mask=mr)
+      ce_f = common.task_loss(logits_f, y_rand, task, mf)
+      ce_r = common.task_loss(logits_r, r["label"], task, mr)
       return ce_f + ce_r, (stats, {
           "forget_random_ce": ce_f, "retain_ce": ce_r,
-          "forget_accuracy": common.accuracy(logits_f, f["label"], task),
-          "retain_accuracy": common.accuracy(logits_r, r["label"], task)})
+          "forget_accuracy": common.accuracy(logits_f, f["label"], task, mf),
+          "retain_accuracy": common.accuracy(logits_r, r["label"], task, mr)})
 
     mask = aux["mask"] if masked else None
     new_state, metrics = common.gradient_step(state, loss_fn, grad_mask=mask)

@@ -70,7 +70,7 @@ def _saliency_step(task: str):
     def forget_loss(params):
       # Eval mode, as generate_mask.py: running BN statistics, nothing to update.
       logits, _ = common.forward(state, params, state.batch_stats, batch["image"], train=False)
-      return -common.task_loss(logits, batch["label"], task)
+      return -common.task_loss(logits, batch["label"], task, batch.get("mask"))
 
     loss, grads = jax.value_and_grad(forget_loss)(state.params)
     # The global batch's mean gradient (equal shards per device), the same on every device.

@@ -18,6 +18,8 @@ copy of the original, kept in ``aux`` (parameters and BatchNorm statistics). Two
   Machine_Unlearning_MUCAC_Multi_Label_Full_Experiments.ipynb cells 73-78]; ``task="multilabel"``
   does exactly that.
   MUCAC binary reference: lr 0.0001, 1 epoch, both passes (``scrub(lr=1e-4, epochs=1)``).
+  Both passes keep the last partial batch (masked), as the reference's loaders do: the forget
+  pass sees all 1,500 MUFAC forget images (24 steps, the last with 28 of them).
 * :func:`scrub_official`: the official algorithm [meghdadk/SCRUB@812dd5d:small_scale_unlearning.ipynb
   cell 30 (config), cell 34 (loop); meghdadk/SCRUB@98ffb11:thirdparty/repdistiller/helper/loops.py
   ``train_distill``]: for epoch
@@ -56,19 +58,25 @@ def teacher_logits(state, aux, images):
   return logits
 
 
-def min_step(task: str, temperature: float, gamma: float = 1.0, alpha: float = 1.0):
-  """A step on ``gamma * task loss + alpha * KL(teacher ‖ student)`` of a retain batch."""
+def min_step(task: str, temperature: float, gamma: float = 1.0, alpha: float = 1.0,
+             train: bool = True):
+  """A step on ``gamma * task loss + alpha * KL(teacher ‖ student)`` of a retain batch.
+
+  ``train``: the student's BatchNorm mode (the teacher always runs in eval mode).
+  """
 
   def step(state, aux, batch, rng, info):
     del rng, info
+    mask = batch.get("mask")
     t_logits = teacher_logits(state, aux, batch["image"])
 
     def loss_fn(params):
-      s_logits, stats = common.forward(state, params, state.batch_stats, batch["image"])
-      ce = common.task_loss(s_logits, batch["label"], task)
-      kl = common.kl_div(t_logits, s_logits, temperature, task).mean()
+      s_logits, stats = common.forward(state, params, state.batch_stats, batch["image"], train=train,
+                                       mask=mask)
+      ce = common.task_loss(s_logits, batch["label"], task, mask)
+      kl = common.mean(common.kl_div(t_logits, s_logits, temperature, task), mask)
       return gamma * ce + alpha * kl, (stats, {
-          "ce": ce, "kl": kl, "accuracy": common.accuracy(s_logits, batch["label"], task)})
+          "ce": ce, "kl": kl, "accuracy": common.accuracy(s_logits, batch["label"], task, mask)})
 
     state, metrics = common.gradient_step(state, loss_fn)
     return state, aux, metrics
@@ -76,17 +84,20 @@ def min_step(task: str, temperature: float, gamma: float = 1.0, alpha: float = 1
   return step
 
 
-def max_step(task: str, temperature: float):
+def max_step(task: str, temperature: float, train: bool = True):
   """A step on ``-KL(teacher ‖ student)`` of a forget batch (moves the student away)."""
 
   def step(state, aux, batch, rng, info):
     del rng, info
+    mask = batch.get("mask")
     t_logits = teacher_logits(state, aux, batch["image"])
 
     def loss_fn(params):
-      s_logits, stats = common.forward(state, params, state.batch_stats, batch["image"])
-      kl = common.kl_div(t_logits, s_logits, temperature, task).mean()
-      return -kl, (stats, {"kl": kl, "accuracy": common.accuracy(s_logits, batch["label"], task)})
+      s_logits, stats = common.forward(state, params, state.batch_stats, batch["image"], train=train,
+                                       mask=mask)
+      kl = common.mean(common.kl_div(t_logits, s_logits, temperature, task), mask)
+      return -kl, (stats, {"kl": kl,
+                           "accuracy": common.accuracy(s_logits, batch["label"], task, mask)})
 
     state, metrics = common.gradient_step(state, loss_fn)
     return state, aux, metrics
@@ -94,32 +105,37 @@ def max_step(task: str, temperature: float):
   return step
 
 
-def scrub(temperature: float = 4.0, lr: float = 1e-3, epochs: int = 2) -> Unlearner:
+def scrub(temperature: float = 4.0, lr: float = 1e-3, epochs: int = 2,
+          bn_mode: str = "train") -> Unlearner:
   """The MUFAC/MUCAC reference's simplified SCRUB (defaults: the MUFAC reference).
 
   Args:
     temperature: DistillKL temperature (4).
-    lr: SGD learning rate, no momentum (0.001).
-    epochs: epochs, each a retain pass then a forget pass (2).
+    lr: SGD learning rate, no momentum (0.001; MUCAC binary: 0.0001).
+    epochs: epochs, each a retain pass then a forget pass (2; MUCAC binary: 1).
+    bn_mode: the student's BatchNorm mode, "train" (the reference) or "eval".
 
   Returns:
     The Unlearner. Multiclass phases alternate ``min_retain``, ``max_forget`` per epoch;
     multilabel has ``min_retain`` only (the MUCAC reference).
   """
   check_positive("scrub", temperature=temperature, lr=lr, epochs=epochs)
+  train = common.bn_train("scrub", bn_mode)
 
   def phases(spec):
     # The same step objects for every epoch: each compiles once.
-    retain = min_step(spec.task, temperature)
+    retain = min_step(spec.task, temperature, train=train)
     if spec.task == "multilabel":
-      return [Phase("min_retain", "retain", retain, epochs)]
-    forget = max_step(spec.task, temperature)
+      return [Phase("min_retain", "retain", retain, epochs, partial="keep")]
+    forget = max_step(spec.task, temperature, train=train)
     out = []
     for _ in range(epochs):
-      out += [Phase("min_retain", "retain", retain), Phase("max_forget", "forget", forget)]
+      out += [Phase("min_retain", "retain", retain, partial="keep"),
+              Phase("max_forget", "forget", forget, partial="keep")]
     return out
 
-  return Unlearner(name="scrub", hparams={"temperature": temperature, "lr": lr, "epochs": epochs},
+  return Unlearner(name="scrub", hparams={"temperature": temperature, "lr": lr, "epochs": epochs,
+                                          "bn_mode": bn_mode},
                    optimizer=common.reference_sgd(lr), phases=phases, init=teacher_init)
 
 

@@ -65,7 +65,7 @@ def _importance_step(task: str):
 
     def loss(params):
       logits, _ = common.forward(state, params, state.batch_stats, batch["image"], train=False)
-      return common.task_loss(logits, batch["label"], task)
+      return common.task_loss(logits, batch["label"], task, batch.get("mask"))
 
     value, grads = jax.value_and_grad(loss)(state.params)
     # The global batch's mean gradient (equal shards per device), squared after averaging as the

@@ -17,12 +17,14 @@ Tarun, Chundawat, Mandal and Kankanhalli, "Fast Yet Effective Machine Unlearning
      noise is labelled with the **retain** labels, as the reference does.
 
   Then the repair: CE on retain, 1 epoch, the same SGD. Impair 2 epochs, repair 1 epoch, batch 64.
+  The repair's loader keeps its last partial batch (masked here): 134 steps on MUFAC.
 
   **Eval mode, as the reference runs it.** The reference calls ``evaluation(unlearned_model, ...)``
   (whose first statement is ``model.eval()``) right before stage 1 and never calls ``.train()``
   again, so every forward pass of both stages uses the BatchNorm running statistics and none of
   them updates them [that UNSIR notebook: the ``evaluation`` cell and the cell that loads the
-  original model]. ``train_mode=False`` (the default) reproduces that; ``train_mode=True`` runs the
+  original model]. ``bn_mode="eval"`` (the default; ``train_mode=False`` says the same)
+  reproduces that; ``bn_mode="train"`` runs the
   model steps in train mode (batch statistics, running statistics updated by the noise and retain
   forward passes of the model step, chained) and the noise steps with batch statistics too, but
   never lets the noise-learning passes move the running statistics.
@@ -131,25 +133,9 @@ def _labels_at_global_rows(labels: jax.Array, rows: int) -> jax.Array:
   return all_labels[parallel.global_index(rows) % all_labels.shape[0]]
 
 
-def _supervised(task: str, train: bool):
-  """CE (BCE) on a single-stream batch, in train or eval mode."""
-
-  def step(state, aux, batch, rng, info):
-    del rng, info
-
-    def loss_fn(params):
-      logits, stats = common.forward(state, params, state.batch_stats, batch["image"], train=train)
-      loss = common.task_loss(logits, batch["label"], task)
-      return loss, (stats, {"accuracy": common.accuracy(logits, batch["label"], task)})
-
-    state, metrics = common.gradient_step(state, loss_fn)
-    return state, aux, metrics
-
-  return step
-
-
 def unsir(noise_steps: int = 5, noise_lr: float = 0.01, lr: float = 1e-3, impair_epochs: int = 2,
-          repair_epochs: int = 1, train_mode: bool = False) -> Unlearner:
+          repair_epochs: int = 1, train_mode: bool = False, bn_mode: str | None = None
+          ) -> Unlearner:
   """The MUFAC/MUCAC reference's instance-level UNSIR (defaults: the MUFAC reference).
 
   Args:
@@ -160,6 +146,8 @@ def unsir(noise_steps: int = 5, noise_lr: float = 0.01, lr: float = 1e-3, impair
     repair_epochs: epochs of CE on retain (1).
     train_mode: run the model in train mode; the reference runs both stages in eval mode (see the
       module docstring).
+    bn_mode: "train" or "eval", the name the other methods use for ``train_mode``; when given it
+      must agree with ``train_mode`` or leave it at its default.
 
   Returns:
     The Unlearner; its history logs UNSIR-1 after the impair epochs and UNSIR-2 after the repair.
@@ -168,6 +156,12 @@ def unsir(noise_steps: int = 5, noise_lr: float = 0.01, lr: float = 1e-3, impair
                  impair_epochs=impair_epochs)
   if repair_epochs < 0:
     raise ValueError(f"unsir: repair_epochs must be >= 0, got {repair_epochs}")
+  if bn_mode is not None:
+    from_mode = common.bn_train("unsir", bn_mode)
+    if train_mode and not from_mode:
+      raise ValueError("unsir: train_mode=True contradicts bn_mode='eval'")
+    train_mode = from_mode
+  bn_mode = "train" if train_mode else "eval"
 
   def phases(spec):
     task = spec.task
@@ -195,14 +189,15 @@ def unsir(noise_steps: int = 5, noise_lr: float = 0.01, lr: float = 1e-3, impair
 
     out = [Phase("impair", "zip", impair, impair_epochs)]
     if repair_epochs:
-      out.append(Phase("repair", "retain", _supervised(task, train_mode), repair_epochs))
+      out.append(Phase("repair", "retain", common.supervised_step(task, train=train_mode),
+                       repair_epochs, partial="keep"))
     return out
 
   return Unlearner(
       name="unsir",
       hparams={"noise_steps": noise_steps, "noise_lr": noise_lr, "lr": lr,
                "impair_epochs": impair_epochs, "repair_epochs": repair_epochs,
-               "train_mode": train_mode},
+               "train_mode": train_mode, "bn_mode": bn_mode},
       optimizer=common.reference_sgd(lr), phases=phases)
 
 
@@ -334,7 +329,10 @@ def unsir_class(noise_batch: int = 64, noise_lr: float = 0.1, noise_epochs: int 
 
     def find_classes(state, aux, batch, rng, info):
       del rng, info
-      seen = jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.float32).max(0)
+      seen = jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.float32)
+      if "mask" in batch:  # padded rows of the last batch are no forget examples
+        seen = seen * batch["mask"][:, None]
+      seen = seen.max(0)
       seen = lax.pmax(seen, parallel.AXIS)
       aux = {**aux, "forget_classes": jnp.maximum(aux["forget_classes"], seen)}
       return state, aux, {"loss": jnp.float32(0), "forget_classes": aux["forget_classes"].sum()}
@@ -371,11 +369,13 @@ def unsir_class(noise_batch: int = 64, noise_lr: float = 0.1, noise_epochs: int 
       # state keeps the impair transformation, which reads its learning rate from this state.
       return state.replace(opt_state=_adam(repair_lr).init(state.params)), aux
 
-    out = [Phase("classes", "forget", find_classes, 1, augment=False),
+    # The class pass keeps the last partial batch, so every forget example is seen.
+    out = [Phase("classes", "forget", find_classes, 1, augment=False, partial="keep"),
            Phase("noise", "forget", learn_noise, 1, augment=False, max_steps=1),
            Phase("impair", "retain", impair, impair_epochs, after=restart_adam)]
     if repair_epochs:
-      out.append(Phase("repair", "retain", common.supervised_step("multiclass"), repair_epochs))
+      out.append(Phase("repair", "retain", common.supervised_step("multiclass"), repair_epochs,
+                       partial="keep"))
     return out
 
   return Unlearner(

@@ -8,6 +8,7 @@ function is traced, so install before jitting.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -92,15 +93,82 @@ class Conv(nn.Module):
                   ((pad, pad), (pad, pad)))
 
 
-def batch_norm(train: bool, name: str | None = None, axis_name: str | None = AXIS,
-               dtype: Any = jnp.float32) -> nn.BatchNorm:
-  """torch.nn.BatchNorm2d defaults: momentum 0.1 (flax 0.9), eps 1e-5, weight 1, bias 0.
+class BatchNorm(nn.Module):
+  """torch.nn.BatchNorm2d over the last axis, synchronised over the data-parallel axis.
 
-  Statistics are averaged over the data-parallel axis (synchronised BN), so a step on several
-  devices equals the same step on one device.
+  Variables are flax's (params ``scale``/``bias``, batch_stats ``mean``/``var``), so checkpoints
+  of ``flax.linen.BatchNorm`` load unchanged. Two differences from flax's layer:
+
+  * ``mask`` ([N], 0/1): batch statistics over the real examples only. Sums and counts are added
+    over the devices before dividing, so a device whose shard is all padding contributes nothing
+    and the statistics equal those of the unpadded batch (flax averages per-device masked means,
+    which weights devices equally whatever their count).
+  * ``unbiased_running_var``: the running variance moves towards the unbiased batch variance
+    (times n / (n - 1), n the real elements per channel over all devices), as torch's BatchNorm
+    does; normalisation itself uses the biased variance, as both do.
+
+  Attributes:
+    use_running_average: eval mode (running statistics, nothing updated).
+    momentum: weight of the old running statistics (torch's momentum 0.1 is 0.9 here).
+    epsilon: added to the variance.
+    dtype: output dtype; statistics are float32.
+    axis_name: the data-parallel axis the batch statistics are reduced over (None: local).
+    unbiased_running_var: torch's running-variance update.
   """
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                      axis_name=axis_name if train else None, name=name)
+
+  use_running_average: bool = False
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+  axis_name: str | None = None
+  unbiased_running_var: bool = False
+
+  @nn.compact
+  def __call__(self, x, mask: jax.Array | None = None):
+    features = x.shape[-1]
+    ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (features,))
+    ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (features,))
+    scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+    if self.use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      xf = x.astype(jnp.float32)
+      axes = tuple(range(x.ndim - 1))
+      per_example = math.prod(x.shape[1:-1])
+      if mask is None:
+        s1, s2 = xf.sum(axes), jnp.square(xf).sum(axes)
+        count = jnp.float32(x.shape[0] * per_example)
+      else:
+        w = mask.astype(jnp.float32).reshape((-1,) + (1,) * (x.ndim - 1))
+        s1, s2 = (xf * w).sum(axes), (jnp.square(xf) * w).sum(axes)
+        count = mask.astype(jnp.float32).sum() * per_example
+      if self.axis_name is not None and not self.is_initializing():
+        s1, s2, count = jax.lax.psum((s1, s2, count), self.axis_name)
+      mean = s1 / count
+      # E[x^2] - E[x]^2 (flax's fast variance), clipped at 0 against round-off.
+      var = jnp.maximum(0.0, s2 / count - jnp.square(mean))
+      if not self.is_initializing():
+        running = var * jnp.where(count > 1, count / jnp.maximum(count - 1, 1.0), 1.0) \
+            if self.unbiased_running_var else var
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * running
+    y = x - mean
+    y = y * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    return y.astype(self.dtype)
+
+
+def batch_norm(train: bool, name: str | None = None, axis_name: str | None = AXIS,
+               dtype: Any = jnp.float32, unbiased_running_var: bool = False) -> BatchNorm:
+  """torch.nn.BatchNorm2d defaults: momentum 0.1 (0.9 here), eps 1e-5, weight 1, bias 0.
+
+  Statistics are summed over the data-parallel axis (synchronised BN), so a step on several
+  devices equals the same step on one device. ``unbiased_running_var`` selects torch's update of
+  the running variance (see :class:`BatchNorm`).
+  """
+  return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                   axis_name=axis_name if train else None,
+                   unbiased_running_var=unbiased_running_var, name=name)
 
 
 class Linear(nn.Module):

@@ -8,6 +8,9 @@ BN weight 1 and bias 0, ``zero_init_residual=False``, as torchvision does. Top-l
 follow torchvision (``conv1``, ``bn1``, ``layer1``..``layer4``, ``fc``) so methods that freeze or
 re-initialise "the last k blocks" can address them by name.
 
+BatchNorm follows torch's, including its running-variance update with the unbiased batch variance
+(``unbiased_bn``, on by default).
+
 ``width`` scales every stage (64 is torchvision's); ``stem="cifar"`` swaps in a 3×3/1 stem without
 max-pool for tiny inputs. Neither changes the block structure.
 """
@@ -26,16 +29,18 @@ class BasicBlock(nn.Module):
   features: int
   stride: int = 1
   dtype: Any = jnp.float32
+  unbiased_bn: bool = True
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, mask=None):
+    bn = lambda name: batch_norm(train, name, dtype=self.dtype, unbiased_running_var=self.unbiased_bn)
     y = Conv(self.features, 3, self.stride, dtype=self.dtype, name="conv1")(x)
-    y = nn.relu(batch_norm(train, "bn1", dtype=self.dtype)(y))
+    y = nn.relu(bn("bn1")(y, mask))
     y = Conv(self.features, 3, 1, dtype=self.dtype, name="conv2")(y)
-    y = batch_norm(train, "bn2", dtype=self.dtype)(y)
+    y = bn("bn2")(y, mask)
     if self.stride != 1 or x.shape[-1] != self.features:
       x = Conv(self.features, 1, self.stride, padding=0, dtype=self.dtype, name="downsample_conv")(x)
-      x = batch_norm(train, "downsample_bn", dtype=self.dtype)(x)
+      x = bn("downsample_bn")(x, mask)
     return nn.relu(y + x)
 
 
@@ -44,11 +49,13 @@ class ResLayer(nn.Module):
   blocks: int
   stride: int
   dtype: Any = jnp.float32
+  unbiased_bn: bool = True
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, mask=None):
     for i in range(self.blocks):
-      x = BasicBlock(self.features, self.stride if i == 0 else 1, self.dtype, name=f"block{i}")(x, train)
+      x = BasicBlock(self.features, self.stride if i == 0 else 1, self.dtype, self.unbiased_bn,
+                     name=f"block{i}")(x, train, mask)
     return x
 
 
@@ -61,6 +68,8 @@ class ResNet(nn.Module):
     width: channels of the first stage.
     stem: "imagenet" (torchvision) or "cifar" (3×3/1, no max-pool).
     dtype: compute dtype (parameters and BN statistics stay float32).
+    unbiased_bn: BatchNorm running variances follow torch's update (the unbiased batch
+      variance), as torchvision's ResNet-18 trained in torch does.
   """
 
   num_classes: int
@@ -68,23 +77,30 @@ class ResNet(nn.Module):
   width: int = 64
   stem: str = "imagenet"
   dtype: Any = jnp.float32
+  unbiased_bn: bool = True
 
   block_names = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",), ("fc",))
 
   @nn.compact
-  def __call__(self, x, train: bool = False, features: bool = False):
-    """Returns logits [N, num_classes], or (logits, pooled features) if ``features``."""
+  def __call__(self, x, train: bool = False, features: bool = False, mask=None):
+    """Returns logits [N, num_classes], or (logits, pooled features) if ``features``.
+
+    ``mask`` ([N], 0/1) restricts train-mode BatchNorm statistics to the real rows of a padded
+    batch; the outputs of padded rows are computed but meaningless.
+    """
+    bn1 = batch_norm(train, "bn1", dtype=self.dtype, unbiased_running_var=self.unbiased_bn)
     if self.stem == "imagenet":
       x = Conv(self.width, 7, 2, padding=3, dtype=self.dtype, name="conv1")(x)
-      x = nn.relu(batch_norm(train, "bn1", dtype=self.dtype)(x))
+      x = nn.relu(bn1(x, mask))
       x = max_pool(x, 3, 2, 1)
     elif self.stem == "cifar":
       x = Conv(self.width, 3, 1, padding=1, dtype=self.dtype, name="conv1")(x)
-      x = nn.relu(batch_norm(train, "bn1", dtype=self.dtype)(x))
+      x = nn.relu(bn1(x, mask))
     else:
       raise ValueError(f"unknown stem {self.stem!r}; use 'imagenet' or 'cifar'")
     for i, blocks in enumerate(self.stage_sizes):
-      x = ResLayer(self.width * 2**i, blocks, 1 if i == 0 else 2, self.dtype, name=f"layer{i + 1}")(x, train)
+      x = ResLayer(self.width * 2**i, blocks, 1 if i == 0 else 2, self.dtype, self.unbiased_bn,
+                   name=f"layer{i + 1}")(x, train, mask)
     pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     logits = Linear(self.num_classes, name="fc")(pooled)
     return (logits, pooled) if features else logits
