@@ -14,3 +14,24 @@ def test_the_mufac_size_synthetic_config_has_mufacs_scale_and_recipe():
   ds = loader.load_dataset(dict(c["data"], image_size=8))
   sizes = {s: len(ds.split(s)) for s in ("train", "retain", "forget", "test", "unseen")}
   assert sizes == {"train": 10026, "retain": 8520, "forget": 1506, "test": 2004, "unseen": 1338}
+
+
+def test_the_reference_settings_of_each_dataset_are_in_its_config():
+  """MUFAC fine-tunes and runs UNSIR with BatchNorm in eval mode (both protocols); MUCAC loads a
+  fresh model (train mode), loops NegGrad over forget alone and NegGrad+ over zip(forget, retain)
+  for multi-label, and runs SCRUB at lr 1e-4 for one epoch on the binary tasks."""
+  from experiments.configs import mucac
+  for protocol in ("paper", "identity"):
+    hp = mufac.get_config(f"protocol={protocol}").unlearn.hparams
+    assert (hp.finetune.bn_mode, hp.unsir.train_mode, hp.cf_k.bn_mode) == ("eval", False, "train")
+    assert (hp.neggrad.stream, hp.neggrad_plus.stream) == ("paired", "paired")
+  ml = mucac.get_config().unlearn.hparams
+  from mu_jax.methods import registry
+  registry.resolve("all", ml.to_dict())  # every value is one its factory takes
+  [unsir] = registry.resolve("unsir", ml.to_dict())
+  unsir.create()
+  assert (ml.finetune.bn_mode, ml.unsir.train_mode) == ("train", True)
+  assert (ml.neggrad.stream, ml.neggrad_plus.stream) == ("forget", "zip")
+  assert (ml.scrub.lr, ml.scrub.epochs) == (0.001, 2)
+  binary = mucac.get_config("task=binary:Male").unlearn.hparams
+  assert (binary.scrub.lr, binary.scrub.epochs, binary.finetune.bn_mode) == (1e-4, 1, "train")

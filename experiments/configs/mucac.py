@@ -27,13 +27,25 @@ def get_config(arg: str | None = None):
   c.data.forget = {"mode": "range", "count": None, "fraction": None, "identities": (), "seed": 0,
                    "paper_rows": None}
   c.train.lr_boundaries = ()
+  # MUCAC's unlearning notebooks load a fresh model (train mode), unlike MUFAC's fine-tuning and
+  # UNSIR runs, which evaluate the model first and never switch back (docs/methods.md).
+  c.unlearn.hparams.finetune.bn_mode = "train"
+  c.unlearn.hparams.unsir.train_mode = True
   if c.data.task == "multilabel":
     c.train.momentum = 0.0
     c.train.epochs = 8
     c.retrain = {"epochs": 7}
+    # The multi-label NegGrad notebook loops over the forget loader alone (159 steps per epoch) and
+    # its Advanced NegGrad over zip(forget, retain), stopping at the shorter
+    # [ndb796/MachineUnlearning@7275986, 02_MUCAC multi-label NegGrad notebook, cells 37 and 41].
+    c.unlearn.hparams.neggrad.stream = "forget"
+    c.unlearn.hparams.neggrad_plus.stream = "zip"
   else:
     c.train.epochs = 10
     c.retrain = {"lr": 0.001, "momentum": 0.0}
+    # SCRUB on the binary tasks: lr 1e-4 for one epoch (the binary MUCAC SCRUB notebooks).
+    c.unlearn.hparams.scrub.lr = 1e-4
+    c.unlearn.hparams.scrub.epochs = 1
   if "runlocal" in args:
     c.data.image_size = 32
     c.model.name = "small_cnn"
