@@ -11,6 +11,7 @@ results.csv and table.md to --out.
 
 from absl import app, flags
 
+from mu_jax import cli
 from mu_jax.evaluation import outputs_table, report
 
 _OUTPUTS = flags.DEFINE_string("outputs", None, "name=dir,name=dir,...; one name must be retrained.")
@@ -45,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -512,14 +512,79 @@ class Experiment:
     return train_config(self.config, stage)
 
   # -- stages
+  @property
+  def model_identity(self) -> dict[str, Any]:
+    """The model config without the path of an imported checkpoint (its content hash counts)."""
+    return {k: v for k, v in self.config["model"].items() if k != "checkpoint"}
+
+  @property
+  def imported_checkpoint(self) -> str:
+    """``config.model.checkpoint``: a PyTorch checkpoint the original model is imported from."""
+    return str(self.config["model"].get("checkpoint") or "")
+
   def trained_stage(self, stage: str) -> Stage:
-    """The ``original`` or ``retrained`` stage of this config."""
+    """The ``original`` or ``retrained`` stage of this config.
+
+    An original imported from ``config.model.checkpoint`` is identified by the checkpoint's sha256
+    and the preprocessing the model expects instead of a training recipe.
+    """
     if stage not in TRAINED:
       raise ValueError(f"stage must be one of {TRAINED}, got {stage!r}")
+    identity = {"task": self.task.name, "manifest": self.workdir.manifest.content_hash,
+                "data": self.config["data"], "model": self.model_identity}
+    if stage == "original" and self.imported_checkpoint:
+      return self.workdir.stage(stage, stage, {**identity, "imported": self.import_record()})
     return self.workdir.stage(stage, stage, {
-        "task": self.task.name, "manifest": self.workdir.manifest.content_hash,
-        "data": self.config["data"], "model": self.config["model"], "seed": self.seed,
-        "train": dataclasses.asdict(self.train_config(stage))})
+        **identity, "seed": self.seed, "train": dataclasses.asdict(self.train_config(stage))})
+
+  def import_record(self) -> dict[str, Any]:
+    """What identifies an imported original: the file's sha256 and the preprocessing it expects.
+
+    Raises:
+      CheckpointError: the file is missing.
+    """
+    path = self.imported_checkpoint
+    if not os.path.isfile(path):
+      raise checkpoints.CheckpointError(f"config.model.checkpoint: {path}: no such file")
+    if getattr(self, "_import_record", None) is None or self._import_record[0] != path:
+      sha = hashlib.sha256()
+      with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+          sha.update(block)
+      # mu_jax feeds images as float32 in [0, 1] at the data's resolution, without mean/std
+      # normalisation: what the MUFAC/MUCAC reference models were trained on.
+      self._import_record = (path, {
+          "format": "torchvision state_dict", "sha256": sha.hexdigest(),
+          "preprocessing": {"resolution": int(self.config["data"]["image_size"]),
+                            "scaling": "[0, 1]", "normalization": None}})
+    return self._import_record[1]
+
+  def _import_original(self, st: Stage) -> dict[str, Any]:
+    """Writes the original stage from ``config.model.checkpoint`` (no training)."""
+    from mu_jax import models  # pylint: disable=import-outside-toplevel
+    m = self.config["model"]
+    want = {"name": "resnet18", "width": 64, "stem": "imagenet"}
+    wrong = {k: m.get(k) for k, v in want.items() if m.get(k) != v}
+    if wrong:
+      raise checkpoints.CheckpointError(
+          f"config.model.checkpoint needs torchvision's ResNet-18 (model.name='resnet18', "
+          f"model.width=64, model.stem='imagenet'); the config has {wrong}")
+    path = self.imported_checkpoint
+    record = self.import_record()
+    variables = models.from_torch(models.load_torch_checkpoint(path), "resnet18",
+                                  self.dataset.num_classes, where=f"{path}: ")
+    template = self.template_state("original")
+    state = template.replace(params=jax.tree.map(lambda t, v: jax.numpy.asarray(v, t.dtype),
+                                                 template.params, variables["params"]),
+                             batch_stats=variables["batch_stats"])
+    st.begin()
+    ckpt = checkpoints.Checkpointer(os.path.join(st.dir, "checkpoints"))
+    ckpt.save(0, parallel.to_host(state))
+    ckpt.close()
+    return st.finish({"wall_s": 0.0, "compile_s": 0.0, "examples": 0, "imported_from": path,
+                      "checkpoint_sha256": record["sha256"],
+                      "preprocessing": record["preprocessing"],
+                      "train_size": len(self.task.train_examples(self.data, "original"))})
 
   def method_stage(self, method: method_registry.Method) -> Stage:
     """The stage of one method's run from the original model, with its hyperparameters."""
@@ -527,7 +592,7 @@ class Experiment:
     return self.workdir.stage("unlearn", method.name, {
         "task": self.task.name, "factory": method.factory_path, "hparams": method.hparams,
         "batch_size": int(ucfg.get("batch_size", 64)), "seed": int(ucfg.get("seed", 42)),
-        "manifest": self.workdir.manifest.content_hash, "model": self.config["model"],
+        "manifest": self.workdir.manifest.content_hash, "model": self.model_identity,
         "parent": self.trained_stage("original").identity}, group="unlearned")
 
   def stage_named(self, rel: str) -> Stage:
@@ -549,6 +614,8 @@ class Experiment:
     st = self.trained_stage(stage)
     if st.done:
       return st.record()
+    if stage == "original" and self.imported_checkpoint:
+      return self._import_original(st)
     st.begin()
     # Both models start from the same initialisation, as the reference does with one seed.
     result = self.task.fit(self, stage, st.dir, progress, **fit_kwargs)
@@ -653,7 +720,10 @@ class Experiment:
   def audit_context(self) -> dict[str, Any]:
     """Config and manifest hashes and the forget request's identities and counts (no images)."""
     m = self.workdir.manifest
-    return {"config_hash": checkpoints.config_hash(self.config), "manifest_hash": m.content_hash,
+    imported = ({"original_checkpoint_sha256": self.import_record()["sha256"]}
+                if self.imported_checkpoint else {})
+    return {**imported, "config_hash": checkpoints.config_hash(self.config),
+            "manifest_hash": m.content_hash,
             "forget_identities": sorted(m.identities("forget")), "forget_examples": len(m.ids("forget")),
             "retain_examples": len(m.ids("retain"))}
 

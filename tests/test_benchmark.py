@@ -41,7 +41,7 @@ def test_benchmark_writes_every_result_file(finished):
     for split in ("train", "retain", "forget", "test", "unseen"):
       o = checkpoints.load_outputs(os.path.join(wd, stage, "outputs"), split)
       assert set(o) == {"logits", "loss", "label", "identity", "example_id"}
-  assert data["rows"][2]["hparams"] == {"lr": 0.001, "epochs": 2, "momentum": 0.0}
+  assert data["rows"][2]["hparams"] == {"lr": 0.001, "epochs": 2, "momentum": 0.0, "bn_mode": "eval"}
   assert "| Test Acc (↑) |" in out["table"]
 
 

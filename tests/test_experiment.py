@@ -52,7 +52,7 @@ def test_a_command_line_hyperparameter_reaches_the_method_and_results(bench):
   rows = {r["model"]: r for r in json.load(open(os.path.join(wd, "results", "results.json")))["rows"]}
   assert list(rows) == ["original", "retrained", "finetune", "my_method"]
   ft = rows["finetune"]
-  assert ft["hparams"] == {"lr": 0.002, "epochs": 1, "momentum": 0.0}
+  assert ft["hparams"] == {"lr": 0.002, "epochs": 1, "momentum": 0.0, "bn_mode": "eval"}
   assert ft["stage"].startswith("unlearned/finetune-")
   done = checkpoints.read_json(os.path.join(wd, ft["stage"], "done.json"))
   assert done["identity"]["hparams"]["lr"] == 0.002 and done["name"] == "finetune"
@@ -215,3 +215,39 @@ def test_a_retrieval_method_killed_after_a_checkpoint_resumes_to_the_uninterrupt
   keep = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_s", "cost_vs_retrain")}
                        for r in rows]
   assert keep(resumed["rows"]) == keep(whole["rows"])
+
+
+def test_an_imported_original_is_a_stage_named_by_its_checkpoint(tmp_path):
+  from mu_jax import models
+  cfg = experiment.to_dict(_cli_config())
+  cfg["model"].update(name="resnet18", width=64, stem="imagenet")
+  net = models.create_model("resnet18", 8, width=64, stem="imagenet")
+  variables = net.init(jax.random.key(3), np.zeros((1, 8, 8, 3), np.float32), train=False)
+  path = str(tmp_path / "original.npz")
+  np.savez(path, **models.to_torch(variables))
+  cfg["model"]["checkpoint"] = path
+  wd = str(tmp_path / "wd")
+  exp = experiment.Experiment.create(cfg, wd)
+  rec = exp.train_stage("original", progress=False)
+  assert rec["examples"] == 0 and rec["imported_from"] == path
+  st = exp.trained_stage("original")
+  assert st.identity["imported"]["sha256"] == rec["checkpoint_sha256"]
+  assert "train" not in st.identity and rec["preprocessing"]["resolution"] == 8
+  state = exp.load_state("original")
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(variables["params"])):
+    np.testing.assert_array_equal(a, b)
+  assert exp.train_stage("original") == rec  # skipped: same file, same identity
+  # Exported back (what experiments.export_torch writes): the same state_dict, bit for bit.
+  out = models.save_torch_checkpoint(str(tmp_path / "back.npz"),
+                                     {"params": state.params, "batch_stats": state.batch_stats})
+  back, sent = models.load_torch_checkpoint(out), models.load_torch_checkpoint(path)
+  assert back.keys() == sent.keys()
+  for k in sent:
+    np.testing.assert_array_equal(back[k], sent[k])
+  # Another checkpoint is another original; a width the checkpoint cannot fill is refused.
+  other = dict(variables, params=jax.tree.map(lambda x: x + 1, variables["params"]))
+  np.savez(path, **models.to_torch(other))
+  assert experiment.Experiment.create(cfg, wd).trained_stage("original").rel != st.rel
+  cfg["model"]["width"] = 32
+  with pytest.raises(checkpoints.CheckpointError, match="torchvision's ResNet-18"):
+    experiment.Experiment.create(cfg, str(tmp_path / "wd2")).train_stage("original")

@@ -27,8 +27,10 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.data = ml_collections.ConfigDict()
+  # checkpoint: a torchvision ResNet-18 state_dict (.pth, .safetensors, .npz) to import as the
+  # original model instead of training one (model.width 64, model.stem "imagenet").
   c.model = ml_collections.ConfigDict({"name": "resnet18", "width": 64, "stem": "imagenet",
-                                       "dtype": "float32"})
+                                       "dtype": "float32", "checkpoint": ""})
   # The MUFAC original recipe (docs/datasets.md#training-recipes): SGD momentum 0.9, lr 0.01, ÷10 at
   # 10 and 20.
   c.train = ml_collections.ConfigDict({

@@ -10,6 +10,10 @@ Variants (comma-separated after the colon):
                   machine: experiments.train 17.5 s for both models, experiments.unlearn
                   --method=all 2 min 30 s for the 16 methods.
   protocol=paper  forget the first rows of train (like MUFAC's first 1,500) instead of whole persons.
+  torchvision     torchvision's ResNet-18 (width 64, ImageNet stem, 8 classes) at 32×32, the shape
+                  a PyTorch checkpoint imports into: add --config.model.checkpoint=original.pth
+                  (or .npz / .safetensors; experiments.export_torch writes one from any stage) and
+                  every method runs from the imported original. Cost not measured yet.
   mufac_size      MUFAC's scale and recipe on synthetic faces, for timing on an accelerator: 2,228
                   persons × 6 images at 128×128 (10,026 train images; MUFAC has 10,025), the full
                   ResNet-18, lr 0.01 ÷10 at epochs 10 and 20, 30 epochs, batch 64. Not measured
@@ -62,6 +66,11 @@ def get_config(arg: str | None = None):
     c.model.width = base.model.width
     c.train = base.train
     c.unlearn.batch_size = base.unlearn.batch_size
+  if "torchvision" in args:
+    # torchvision's ResNet-18 (width 64, ImageNet stem, 8 classes) at 32×32: the shape a PyTorch
+    # checkpoint imports into (--config.model.checkpoint=...).
+    c.model.width = 64
+    c.model.stem = "imagenet"
   if "runlocal" in args:
     c.data.num_identities = 60
     c.data.images_per_identity = 6

@@ -358,3 +358,37 @@ def load_torch_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]
       raise TorchCheckpointError(f"{path}: not a readable .npz file: {e}") from None
   sd = unwrap_state_dict(raw, where)
   return {k: _as_numpy(v, k, where) for k, v in sd.items()}
+
+
+def save_torch_checkpoint(path: str | os.PathLike[str], variables: Mapping[str, Any]) -> str:
+  """Writes ResNet-18 variables as a torchvision ``state_dict`` file (the inverse of reading one).
+
+  Args:
+    path: ``.pth``/``.pt`` (``torch.save``, needs torch), ``.safetensors`` (needs safetensors) or
+      ``.npz`` (numpy only). Written to a temporary name and renamed: never half a file.
+    variables: {"params", "batch_stats"} of ``create_model("resnet18", N, width=64,
+      stem="imagenet")``.
+
+  Returns:
+    ``path``.
+
+  Raises:
+    TorchCheckpointError: an unknown suffix.
+  """
+  from mu_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  path = os.fspath(path)
+  suffix = os.path.splitext(path)[1].lower()
+  if suffix not in SUFFIXES:
+    raise TorchCheckpointError(f"{path}: unknown checkpoint type {suffix!r}; expected one of "
+                               f"{list(SUFFIXES)}")
+  sd = to_torch(variables, as_torch=suffix in (".pth", ".pt"))
+  with checkpoints.atomic_write(path, "wb") as f:
+    if suffix in (".pth", ".pt"):
+      import torch  # pylint: disable=import-outside-toplevel
+      torch.save(sd, f)
+    elif suffix == ".safetensors":
+      from safetensors import numpy as st_numpy  # pylint: disable=import-outside-toplevel
+      f.write(st_numpy.save({k: np.ascontiguousarray(v) for k, v in sd.items()}))
+    else:
+      np.savez(f, **sd)
+  return path
