@@ -1,13 +1,14 @@
 """Identity unlearning for face embedding models, as Unlearners run by :func:`mu_jax.methods.run`.
 
 Forgetting a person in a retrieval system means that their images no longer find each other
-(REFERENCE.md §3, §4, §7.7). Every method here is a factory that returns an
+(Zakharov, arXiv 2512.13317; Shivam et al., arXiv 2509.19562). Every method here is a factory that returns an
 :class:`~mu_jax.methods.base.Unlearner` whose pure per-device steps work on an
 :class:`~mu_jax.retrieval.model.EmbeddingNet` (margin head, unit embeddings), so the one
 classification driver runs them, with its checkpoints, divergence guard and logs. Feed the driver
 ``{"retain": ..., "forget": ...}`` with identity labels (:mod:`mu_jax.retrieval.data`).
 
-Baselines adapted to the margin head, as the dispersion paper says it did (§3, §6):
+Baselines adapted to the margin head, as the dispersion paper says it did (it adapted them to
+CosFace):
 
 * ``random_labels``: margin loss on forget images with a random other identity, plus the margin
   loss on retain (SalUn's RL, with CosFace/ArcFace in place of CE);
@@ -24,17 +25,19 @@ Baselines adapted to the margin head, as the dispersion paper says it did (§3, 
 Methods for retrieval. The papers' loss formulas are not public, so both are **mu_jax's own
 designs after the papers' descriptions, not the papers' formulas**:
 
-* ``dispersion`` (after Zakharov, arXiv 2512.13317, §3): on the forget identities, a uniformity loss
+* ``dispersion`` (after Zakharov, arXiv 2512.13317): on the forget identities, a uniformity loss
   ``log mean_{i≠j} exp(−t‖zᵢ − zⱼ‖²)`` (Wang & Isola, ICML 2020) spreads their embeddings over the
   hypersphere and a hard-dispersion loss ``mean_i τ·logsumexp_{j≠i, yⱼ=yᵢ} cos(zᵢ, zⱼ)/τ`` pushes
   apart each image's most similar images of the same person; on retain, the embeddings are kept
   at the original model's (distillation, ``‖z − z₀‖²``) and optionally the margin loss is kept.
   The forget terms drive the update; the retain terms only hold the rest in place.
-* ``cure`` (after Shivam et al., CURE, arXiv 2509.19562, §4): unsupervised, no identity label of
+* ``cure`` (after Shivam et al., CURE, arXiv 2509.19562): unsupervised, no identity label of
   a forget image is used. K-means on the forget embeddings (run inside the driver as Lloyd passes
   over the forget set, see :func:`cure`); each forget image is pulled toward the centroid farthest
-  from its own (cosine loss plus a cross-entropy over the centroids with that pseudo-label); the
-  clusters are recomputed from the current model every ``recluster_every`` epochs; retain
+  from its own, its own being the centroid nearest to the frozen original's embedding, so the
+  pseudo-label stays fixed between clusterings (cosine loss plus a cross-entropy over the centroids
+  with that pseudo-label); the clusters are recomputed from the current model every
+  ``recluster_every`` epochs; retain
   embeddings are matched to the original's (feature matching, no labels either).
 
 Set-level losses (uniformity, hard dispersion, K-means) see the *global* forget batch: embeddings
@@ -430,6 +433,26 @@ def farthest_map(centroids: jax.Array) -> jax.Array:
   return jnp.argmax(_sq_dist(centroids, centroids), -1).astype(jnp.int32)
 
 
+def cure_pseudo_labels(teacher_emb: jax.Array, centroids: jax.Array, target: jax.Array
+                       ) -> jax.Array:
+  """CURE's pseudo-label ỹ(x) = φ(l(x)), with l(x) the centroid nearest to the *teacher's* embedding.
+
+  The teacher is frozen and the centroids change only at a re-clustering, so every image keeps its
+  pseudo-label while the student moves; labelling from the student's own embedding instead would
+  flip an image's target each time it crosses a cluster boundary, and it would oscillate there.
+
+  Args:
+    teacher_emb: [B, d] embeddings of the frozen original.
+    centroids: [K, d] the current centroids.
+    target: [K] φ, the farthest centroid of each centroid (:func:`farthest_map`).
+
+  Returns:
+    [B] int32 pseudo-labels (indices into ``centroids``).
+  """
+  own = jnp.argmin(_sq_dist(teacher_emb, centroids), -1)
+  return target[own].astype(jnp.int32)
+
+
 def cure(lr: float = 5e-2, epochs: int = 8, clusters: int = 4, recluster_every: int = 2,
          kmeans_iters: int = 3, temperature: float = 0.1, w_pull: float = 1.0,
          w_contrast: float = 0.5, w_match: float = 5.0, momentum: float = 0.9,
@@ -442,8 +465,10 @@ def cure(lr: float = 5e-2, epochs: int = 8, clusters: int = 4, recluster_every: 
   images), then ``recluster_every`` epochs of erasure on paired batches, then Lloyd passes again
   from the current centroids, and so on until ``epochs`` erasure epochs have run.
 
-  Erasure loss, with ĉ the normalised centroids, k(x) the nearest centroid of x's current
-  embedding and ỹ = φ(k(x)) its farthest centroid::
+  Erasure loss, with ĉ the normalised centroids, k(x) the centroid nearest to the frozen
+  original's embedding of x (as the paper's l_f(x) = argmin_k ‖f_θ*(x) − c_k‖²) and ỹ = φ(k(x))
+  its farthest centroid (:func:`cure_pseudo_labels`); ỹ stays fixed until the next
+  re-clustering while the student moves::
 
     w_pull · mean(1 − cos(z, ĉ_ỹ)) + w_contrast · CE(cos(z, ĉ)/temperature, ỹ)
     + w_match · mean_R ‖z − z_original‖²
@@ -457,7 +482,9 @@ def cure(lr: float = 5e-2, epochs: int = 8, clusters: int = 4, recluster_every: 
     temperature: of the cross-entropy over centroids.
     w_pull, w_contrast, w_match: loss weights.
     momentum: SGD momentum.
-    augment: feed the reference augmentation to the erasure steps (the K-means passes never).
+    augment: feed the reference augmentation to the erasure steps (the K-means passes never); the
+      original then embeds the augmented image, so an image close to a cluster boundary can get
+      another pseudo-label under another augmentation.
   """
   check_positive("cure", epochs=epochs, clusters=clusters, recluster_every=recluster_every,
                  kmeans_iters=kmeans_iters, temperature=temperature)
@@ -498,13 +525,13 @@ def cure(lr: float = 5e-2, epochs: int = 8, clusters: int = 4, recluster_every: 
     del rng, info
     f, r = batch["forget"], batch["retain"]
     _, zt_r = _teacher_out(state, aux, r["image"])
+    _, zt_f = _teacher_out(state, aux, f["image"])
+    target = cure_pseudo_labels(zt_f, aux["centroids"], aux["target"])
     cents = model_lib.l2_normalize(aux["centroids"])
 
     def loss_fn(params):
       _, zr, stats = model_lib.embed(state, params, state.batch_stats, r["image"], train=True)
       _, zf, stats = model_lib.embed(state, params, stats, f["image"], train=True)
-      own = jnp.argmin(_sq_dist(lax.stop_gradient(zf), aux["centroids"]), -1)
-      target = aux["target"][own]
       cos = zf @ cents.T
       pull = (1.0 - jnp.take_along_axis(cos, target[:, None], -1)[:, 0]).mean()
       contrast = margin_loss(cos / temperature, target).mean()
