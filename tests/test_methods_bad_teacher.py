@@ -51,10 +51,67 @@ def test_incompetent_teacher_is_a_fresh_model_not_the_original():
       jax.tree.leaves(state.params)) if "kernel" in jax.tree_util.keystr(p)]
   assert len(kernels) == 4
   for path, a, b in kernels:
-    assert np.abs(a - b).min() >= 0 and not np.allclose(a, b), path
+    assert not np.allclose(a, b), path
   # Fresh BN statistics (mean 0, variance 1), as an untrained torch model's.
   for leaf in jax.tree.leaves(aux["bad_teacher"]["batch_stats"]):
     assert np.all((np.asarray(leaf) == 0) | (np.asarray(leaf) == 1))
+
+
+def test_steps_pull_the_student_toward_the_bad_teacher_on_forget_inputs_only():
+  # Five steps on one fixed paired batch (Adam lr 3e-3, scaled up from the official 1e-4 so that
+  # five steps move the tiny model). The KL is computed here in numpy from the train-mode logits
+  # that the step optimises: KL(bad ‖ student) on the forget half must fall at every step and by
+  # half, while the retain half stays close to the original.
+  from mu_jax import parallel
+
+  state = helpers.tiny_state(seed=0)
+  u = bt.bad_teacher(lr=3e-3)
+  state = state.replace(tx=u.optimizer, opt_state=u.optimizer.init(state.params))
+  state, aux = u.init(state, jax.random.key(3), _spec())
+  ds = helpers.tiny_dataset()
+  f, r = ds.split("forget"), ds.split("retain")
+  batch = {"forget": {"image": f.images[:16].astype(np.float32) / 255.0, "label": f.labels[:16]},
+           "retain": {"image": r.images[:16].astype(np.float32) / 255.0, "label": r.labels[:16]}}
+  images = np.concatenate([batch["forget"]["image"], batch["retain"]["image"]])
+  one = jax.devices()[:1]
+  R, S = parallel.REPLICATED, parallel.SHARDED
+  step = parallel.data_parallel(
+      lambda st, a, b: u.phases(_spec())[0].step(st, a, b, jax.random.key(0), {}),
+      in_specs=(R, R, S), out_specs=(R, R, R), devices=one)
+  student = parallel.data_parallel(lambda st, x: common.forward(st, st.params, st.batch_stats, x)[0],
+                                   in_specs=(R, S), out_specs=S, devices=one)
+
+  def frozen(model):
+    return np.asarray(state.apply_fn({"params": model["params"],
+                                      "batch_stats": model["batch_stats"]}, images, train=False))
+
+  # BN running statistics set to this batch's, so the train-mode student starts equal to the
+  # eval-mode original: the retain KL starts at 0 and only the forget half has anything to learn.
+  converge = parallel.data_parallel(
+      lambda st, x: jax.lax.fori_loop(0, 300, lambda _, bs: common.forward(st, st.params, bs, x)[1],
+                                      st.batch_stats), in_specs=(R, S), out_specs=R, devices=one)
+  stats = parallel.to_host(converge(parallel.replicate(state, one), parallel.shard(images, one)))
+  state = state.replace(batch_stats=stats)
+  aux = {**aux, "teacher": {"params": state.params, "batch_stats": stats}}
+  good, bad = frozen(aux["teacher"]), frozen(aux["bad_teacher"])
+
+  def kls(st):
+    s = np.asarray(parallel.to_host(student(parallel.replicate(st, one),
+                                            parallel.shard(images, one))), np.float64)
+    return _np_kl(bad[:16], s[:16], 1.0).mean(), _np_kl(good[16:], s[16:], 1.0).mean()
+
+  to_bad, to_good = [], []
+  for _ in range(6):
+    kb, kg = kls(state)
+    to_bad.append(kb)
+    to_good.append(kg)
+    state, aux, _ = parallel.to_host(step(parallel.replicate(state, one), parallel.replicate(aux, one),
+                                          parallel.shard(batch, one)))
+  assert np.all(np.diff(to_bad) < 0), to_bad
+  # Measured: 0.037 → 0.011 with the retain KL at most 0.0025. Selecting the teachers the wrong way
+  # round gives 0.037 → 0.026 with the retain KL up to 0.017: both bounds fail.
+  assert to_bad[-1] < 0.5 * to_bad[0], to_bad
+  assert max(to_good) < 0.1 * to_bad[0], (to_good, to_bad)
 
 
 def test_a_default_run_moves_forget_outputs_toward_the_bad_teacher(tmp_path):

@@ -1,5 +1,5 @@
 """Properties every registered method must have: pure steps traced once, equal on 4 and 1 devices,
-forgetting on the synthetic data, and a clean stop when the loss explodes."""
+each method's own effect on the synthetic data, and a clean stop when the loss explodes."""
 
 import functools
 
@@ -89,34 +89,137 @@ def test_step_is_pure_traced_once_and_equal_on_4_and_1_devices(name):
                               rtol=2e-4, atol=2e-5)
 
 
-# Settings strong enough to act within a few epochs on 8×8 images; the reference defaults are
-# tuned for 10,000 images and 134 steps per epoch.
-_SHORT_RUN = {
-    "finetune": dict(lr=0.05, epochs=3), "cf_k": dict(lr=0.05, epochs=3, k=2),
-    "eu_k": dict(lr=0.05, epochs=3, k=2), "neggrad": dict(lr=0.01, epochs=2),
-    "neggrad_plus": dict(lr=0.02, epochs=2), "random_labels": dict(lr=0.02, epochs=2),
-    "boundary_shrink": dict(lr=0.02, epochs=2), "boundary_expand": dict(lr=0.02, epochs=2),
-    "unsir": dict(lr=0.02), "unsir_class": dict(impair_lr=0.005, repair_lr=0.005),
-    "scrub": dict(lr=0.05, epochs=3), "scrub_official": dict(lr=5e-3), "salun": dict(lr=0.02, epochs=2), "l1_sparse": dict(lr=0.05, epochs=3),
-    "bad_teacher": dict(), "ssd": dict(),
+# Each method's own effect on the tiny model, as (settings, expectations). Settings are scaled up
+# from the reference defaults, which are tuned for 10,000 images and 134 steps per epoch and barely
+# move this model within a short run; entries that differ further say why. Expectations are on the
+# changes (after − before) measured in eval mode on the whole split: ``df``/``dr`` the forget/retain
+# mean loss, ``gap`` = df − dr (how much more the forget set loses than retain), ``daf``/``dar`` the
+# accuracies. A weight perturbation at random (tried by hand: 4–6 seeds × relative scales 0.05–0.5)
+# moves forget and retain alike: gap between −0.47 and 0.18, dr ≥ −0.015, and the one draw with gap
+# 0.18 costs 0.32 of retain accuracy. Every entry below therefore needs gap ≥ 0.15 with retain
+# accuracy down by at most ``dar_min`` (default 0.25), dr ≤ −0.04, or a property a random
+# perturbation cannot have. Sign errors tried by hand fail too: NegGrad descending, fine-tuning
+# ascending, SCRUB's max-step descending, SSD selecting I_f < α·I_D. The bounds sit at about half
+# of the values measured when they were set (in comments).
+_BEHAVIOUR = {
+    # Fine-tuning on retain: retain loss down (−0.10), forget loss not down as much (gap 0.17).
+    "finetune": (dict(lr=0.05, epochs=3), dict(dr_max=-0.04, gap_min=0.08)),
+    # Only the last k=2 blocks train (checked bit for bit); retain loss down (−0.08).
+    "cf_k": (dict(lr=0.05, epochs=3, k=2), dict(dr_max=-0.04, gap_min=0.04, frozen=("conv1", "bn1", "layer1"))),
+    # The last blocks are re-initialised: the forget set loses its fit (df 1.56, gap 0.78).
+    "eu_k": (dict(lr=0.05, epochs=3, k=2), dict(df_min=0.8, gap_min=0.4, dar_min=-0.5,
+                                                 frozen=("conv1", "bn1", "layer1"))),
+    # Gradient ascent on forget (df 0.61, gap 0.44).
+    "neggrad": (dict(lr=0.01, epochs=2), dict(df_min=0.3, gap_min=0.2)),
+    # Descent on retain and ascent on forget together (df 2.22, gap 1.78).
+    "neggrad_plus": (dict(lr=0.02, epochs=2), dict(df_min=1.0, gap_min=0.9, dar_min=-0.5)),
+    # Forget trained toward wrong labels (df 0.61, gap 0.46).
+    "random_labels": (dict(lr=0.02, epochs=2), dict(df_min=0.3, gap_min=0.2)),
+    # Forget trained toward the nearest wrong class (gap 0.29, forget accuracy −0.29).
+    "boundary_shrink": (dict(lr=0.05, epochs=3), dict(gap_min=0.15, daf_max=-0.1)),
+    # Forget trained toward a shadow class that is then pruned (df 0.59, gap 0.31).
+    "boundary_expand": (dict(lr=0.1, epochs=3), dict(df_min=0.25, gap_min=0.15)),
+    # Noise impair plus retain repair (df 0.57, gap 0.27).
+    "unsir": (dict(lr=0.05), dict(df_min=0.25, gap_min=0.15)),
+    # Class-level noise needs a class-level task: the forget set here is every training image of
+    # classes 0 and 1 (the identity forget set spans 7 of the 8 classes). One noise epoch and 16
+    # noise images per class keep it fast; impair lr 0.01 and repair lr 0.002 (Adam) instead of
+    # 0.02 and 0.01, whose first Adam steps wreck the tiny model's retain fit (dr 2.6) (gap 0.36,
+    # forget accuracy −0.43). On class-level splits a random perturbation can look alike (it hits
+    # some classes harder), so the noise phase must also have raised its classes' CE (its history).
+    "unsir_class": (dict(impair_lr=0.01, repair_lr=0.002, noise_epochs=1, noise_batch=16),
+                    dict(gap_min=0.15, daf_max=-0.2, dar_min=-0.5, class_level=(0, 1),
+                         noise_ce_rise_min=0.05)),
+    # Min-max distillation. Batch 8: with 16 the 24 forget images give one max-step per epoch and
+    # the run is fine-tuning in all but name (the max-step's sign flipped still passes gap 0.2);
+    # with 8, gap 0.72 against 0.09 flipped.
+    "scrub": (dict(lr=0.05, epochs=3), dict(gap_min=0.35, batch_size=8)),
+    # The forget outputs leave the original's: KL(original ‖ unlearned) on forget is 4.1 times that
+    # on retain (2.0 with the max-step's sign flipped, about 1 for fine-tuning); gap 0.37.
+    "scrub_official": (dict(lr=5e-3), dict(gap_min=0.18, kl_ratio_min=3.0)),
+    # Random labels through the saliency mask (gap 0.33).
+    "salun": (dict(lr=0.02, epochs=2), dict(gap_min=0.16)),
+    # Fine-tuning with an l1 penalty: the l1 norm falls (to 0.87 of the original's) and the forget
+    # set loses most (gap 0.61). α = 5e-3: the default 5e-4 does not outweigh the CE gradients of
+    # the tiny model in three epochs (the norm rises by 2%).
+    "l1_sparse": (dict(lr=0.05, epochs=3, alpha=5e-3), dict(gap_min=0.3, l1_ratio_max=0.93)),
+    # Distillation from the incompetent teacher on forget (gap 0.26; lr 2e-3: 1e-4 does not move
+    # the tiny model in one epoch).
+    "bad_teacher": (dict(lr=2e-3), dict(gap_min=0.15)),
+    # Dampening only: every weight is scaled by a factor in [0, 1] (checked per weight); selection
+    # weighting α = 2 and λ = 0.5 instead of 10 and 1, so that the forget set's few gradients select
+    # weights at all on this model (gap 0.38). The gap bound is above half here: with the selection
+    # inverted (I_f < α·I_D) the gap is 0.27.
+    "ssd": (dict(alpha=2.0, lambda_=0.5), dict(gap_min=0.3, dar_min=-0.5, dampen_only=True)),
 }
 
 
+def _l1(params):
+  return sum(np.abs(np.asarray(x, np.float64)).sum() for x in jax.tree.leaves(params))
+
+
+def _mean_kl(teacher_state, student_state, examples):
+  """Mean KL(softmax(teacher) ‖ softmax(student)) in numpy, eval mode."""
+  def log_softmax(z):
+    z = np.asarray(z, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+  t, s = (log_softmax(evaluate.predict(st, examples, task="multiclass")["logits"])
+          for st in (teacher_state, student_state))
+  return float(np.mean(np.sum(np.exp(t) * (t - s), -1)))
+
+
+def _class_level(ds, classes):
+  """Splits for class unlearning: forget = every training image of ``classes``, retain = the rest."""
+  train = ds.split("train")
+  is_forget = np.isin(train.labels, classes)
+  return {"forget": train.subset(np.nonzero(is_forget)[0]),
+          "retain": train.subset(np.nonzero(~is_forget)[0]), "test": ds.split("test")}
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_short_run_forgets_and_keeps_retain_accuracy(name):
+def test_short_run_has_the_methods_own_effect(name):
   ds, original = _original()
-  before = {s: evaluate.summarize(evaluate.predict(original, ds.split(s), task=ds.task), ds.task)
+  settings, expect = _BEHAVIOUR[name]
+  data = (_class_level(ds, expect["class_level"]) if "class_level" in expect else
+          {s: ds.split(s) for s in ("forget", "retain", "test")})
+  before = {s: evaluate.summarize(evaluate.predict(original, data[s], task=ds.task), ds.task)
             for s in ("forget", "retain")}
-  res = methods.run_detailed(methods.create(name, **_SHORT_RUN[name]), original, ds,
-                             methods.RunConfig(batch_size=16, log_splits=("forget", "retain")))
+  res = methods.run_detailed(methods.create(name, **settings), original, data,
+                             methods.RunConfig(batch_size=expect.get("batch_size", 16), task=ds.task,
+                                               log_splits=("forget", "retain")))
   assert not res.halted, res.message
   after = res.history[-1]
-  # Forgetting: the forget set is fit worse than by the original (loss up or accuracy down).
-  moved = (after["forget_loss"] - before["forget"]["loss"] > 0.02 or
-           before["forget"]["accuracy"] - after["forget_accuracy"] > 0.02)
-  assert moved, (before, after)
-  # Utility: retain accuracy within 0.35 of the original's on this tiny, noisy data.
-  assert after["retain_accuracy"] >= before["retain"]["accuracy"] - 0.35, (before, after)
+  d = {"df": after["forget_loss"] - before["forget"]["loss"],
+       "dr": after["retain_loss"] - before["retain"]["loss"],
+       "daf": after["forget_accuracy"] - before["forget"]["accuracy"],
+       "dar": after["retain_accuracy"] - before["retain"]["accuracy"]}
+  d["gap"] = d["df"] - d["dr"]
+  for key in ("df", "gap"):
+    if f"{key}_min" in expect:
+      assert d[key] >= expect[f"{key}_min"], (name, key, d)
+  for key in ("dr", "daf"):
+    if f"{key}_max" in expect:
+      assert d[key] <= expect[f"{key}_max"], (name, key, d)
+  assert d["dar"] >= expect.get("dar_min", -0.25), (name, "dar", d)
+  if "noise_ce_rise_min" in expect:
+    noise = [row for row in res.history if row["phase"] == "noise"]
+    assert noise and (noise[0]["train_noise_ce_end"] - noise[0]["train_noise_ce_start"]
+                      >= expect["noise_ce_rise_min"]), noise
+  new, old = res.state.params, original.params
+  for block in expect.get("frozen", ()):
+    chex.assert_trees_all_equal(new[block], old[block])
+  if "l1_ratio_max" in expect:
+    assert _l1(new) <= expect["l1_ratio_max"] * _l1(old), (_l1(new), _l1(old))
+  if "kl_ratio_min" in expect:
+    kl_f, kl_r = (_mean_kl(original, res.state, data[k]) for k in ("forget", "retain"))
+    assert kl_f >= expect["kl_ratio_min"] * kl_r, (name, kl_f, kl_r)
+  if expect.get("dampen_only"):
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(old)):
+      a, b = np.asarray(a), np.asarray(b)
+      assert np.all(a * b >= 0) and np.all(np.abs(a) <= np.abs(b)), name
+    assert any(np.any(np.asarray(a) != np.asarray(b))
+               for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(old)))
 
 
 def test_exploding_loss_stops_with_the_last_finite_state(tmp_path):

@@ -50,10 +50,3 @@ def test_augmentation_is_seeded_bounded_and_varies():
   # Example i depends only on its own position key: reordering positions reorders outputs.
   d = pipeline.augment(jax.random.key(1), x[::-1], pos[::-1])
   np.testing.assert_allclose(d[::-1], a, rtol=1e-6)
-
-
-def test_identity_affine_keeps_the_image():
-  x = jax.random.uniform(jax.random.key(0), (8, 8, 3))
-  h, w = 8, 8
-  ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
-  np.testing.assert_allclose(pipeline._bilinear(x, ys, xs), x, rtol=1e-6)

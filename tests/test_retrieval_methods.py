@@ -190,3 +190,66 @@ def test_short_dispersion_run_forgets_on_synthetic_faces(tmp_path):
   assert after["forget_map"] < before["forget_map"] - 0.2, (before, after)
   assert after["forget_compactness"] < before["forget_compactness"] - 0.05, (before, after)
   assert after["retain_map"] > before["retain_map"] - 0.05, (before, after)
+
+
+# ------------------------------------------------- cure: pseudo-labels fixed between clusterings
+
+
+def test_cure_pseudo_labels_come_from_the_teacher_and_hold_while_the_student_moves():
+  """Two hand-placed centroids at the two forget images whose original embeddings lie farthest
+  apart; 20 erasure steps on one fixed batch. Each step's pull loss must use the pseudo-label of the
+  original's embedding (computed here from scratch), not the student's current nearest centroid,
+  even after the student's embeddings have crossed to the other cluster; at the end every forget
+  image sits in its target cluster."""
+  data = tiny_data()
+  unl = rmethods.cure(lr=0.1, clusters=2, w_match=0.0)
+  (state, aux), spec = _start(unl, data)
+  erase = next(p for p in unl.phases(spec) if p.name.startswith("erase"))
+  batch = _batch("paired", data)
+  batch = {k: {"image": v["image"].astype(np.float32) / 255.0, "label": v["label"]}
+           for k, v in batch.items()}
+  xf = batch["forget"]["image"]
+
+  def eval_emb(st):
+    return np.asarray(rmodel.embed(st, st.params, st.batch_stats, xf, train=False)[1], np.float64)
+
+  zt = eval_emb(state)
+  d2 = np.sum((zt[:, None] - zt[None]) ** 2, -1)
+  i, j = np.unravel_index(np.argmax(d2), d2.shape)
+  cents = zt[[i, j]]
+  own_teacher = np.argmin(np.sum((zt[:, None] - cents[None]) ** 2, -1), -1)
+  target = 1 - own_teacher  # two clusters: the farthest is the other one
+  assert 0 < own_teacher.sum() < len(own_teacher)
+  aux = {**aux, "centroids": jnp.asarray(cents, jnp.float32), "target": jnp.array([1, 0], jnp.int32)}
+
+  one = jax.devices()[:1]
+  step = parallel.data_parallel(
+      lambda st, a, b: erase.step(st, a, b, jax.random.key(0), {"epoch": jnp.int32(0)}),
+      in_specs=(R, R, S), out_specs=(R, R, R), devices=one)
+
+  def forget_emb(s, b):  # the step's forward: retain batch first, then forget, BN stats chained
+    _, _, stats = rmodel.embed(s, s.params, s.batch_stats, b["retain"]["image"], train=True)
+    return rmodel.embed(s, s.params, stats, b["forget"]["image"], train=True)[1]
+
+  run_emb = parallel.data_parallel(forget_emb, in_specs=(R, S), out_specs=S, devices=one)
+
+  def train_emb(st):
+    out = run_emb(parallel.replicate(st, one), parallel.shard(batch, one))
+    return np.asarray(parallel.to_host(out), np.float64)
+
+  unit = cents / np.linalg.norm(cents, axis=1, keepdims=True)
+  crossed = 0
+  for _ in range(20):
+    z = train_emb(state)
+    own_student = np.argmin(np.sum((z[:, None] - cents[None]) ** 2, -1), -1)
+    crossed = max(crossed, int(np.sum(own_student != own_teacher)))
+    want_pull = np.mean(1.0 - np.sum(z * unit[target], -1))
+    state, aux_out, m = parallel.to_host(step(parallel.replicate(state, one),
+                                              parallel.replicate(aux, one),
+                                              parallel.shard(batch, one)))
+    np.testing.assert_allclose(float(m["pull"]), want_pull, rtol=1e-4, atol=1e-5)
+    chex.assert_trees_all_equal(aux_out["centroids"], aux["centroids"])
+  assert crossed > 0  # the student did cross: a label from its own embedding would have flipped
+  final = eval_emb(state)
+  nearest = np.argmin(np.sum((final[:, None] - cents[None]) ** 2, -1), -1)
+  np.testing.assert_array_equal(nearest, target)

@@ -17,8 +17,8 @@ Last-batch policy (tested):
 Augmentation (the reference's ``RandomHorizontalFlip``, ``RandomAffine(0, shear=10, scale=(0.8, 1.2))``
 and ``ColorJitter(0.2, 0.2, 0.2)``) runs on the device inside the jitted step. Each example's random
 parameters come from ``fold_in(rng, its position in the global batch)``, so the result does not
-depend on how the batch is split over devices. Colour jitter is applied in the fixed order
-brightness, contrast, saturation (torchvision draws a random order).
+depend on how the batch is split over devices. The pixels are torchvision's on PIL images
+(nearest-neighbour affine, uint8 jitter in random order): :mod:`mu_jax.data.augment`.
 """
 
 from __future__ import annotations
@@ -107,52 +107,8 @@ def to_float(images: jax.Array) -> jax.Array:
   return images.astype(jnp.float32)
 
 
-def _bilinear(image: jax.Array, ys: jax.Array, xs: jax.Array) -> jax.Array:
-  """Samples image [H, W, C] at float coordinates; zero outside (torchvision's fill=0)."""
-  h, w = image.shape[:2]
-  y0, x0 = jnp.floor(ys), jnp.floor(xs)
-  out = 0.0
-  for dy in (0, 1):
-    for dx in (0, 1):
-      yi, xi = y0 + dy, x0 + dx
-      wgt = (1 - jnp.abs(ys - yi)) * (1 - jnp.abs(xs - xi))
-      inside = (yi >= 0) & (yi <= h - 1) & (xi >= 0) & (xi <= w - 1)
-      v = image[jnp.clip(yi, 0, h - 1).astype(jnp.int32), jnp.clip(xi, 0, w - 1).astype(jnp.int32)]
-      out = out + jnp.where(inside, wgt, 0.0)[..., None] * v
-  return out
-
-
-def _grayscale(img: jax.Array) -> jax.Array:
-  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale.
-  return (0.299 * img[..., 0] + 0.587 * img[..., 1] + 0.114 * img[..., 2])[..., None]
-
-
-def augment_one(rng: jax.Array, image: jax.Array, shear_deg: float = 10.0,
-                scale: tuple[float, float] = (0.8, 1.2), jitter: float = 0.2) -> jax.Array:
-  """The reference training augmentation of one float image [H, W, 3] in [0, 1]."""
-  k_flip, k_shear, k_scale, k_b, k_c, k_s = jax.random.split(rng, 6)
-  h, w = image.shape[:2]
-  flip = jax.random.bernoulli(k_flip)
-  image = jnp.where(flip, image[:, ::-1], image)
-  # Inverse affine map about the centre: output (x, y) samples input M^-1 (x, y), M = shear · scale.
-  sh = jnp.tan(jnp.deg2rad(jax.random.uniform(k_shear, (), minval=-shear_deg, maxval=shear_deg)))
-  s = jax.random.uniform(k_scale, (), minval=scale[0], maxval=scale[1])
-  cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-  yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) - cy, jnp.arange(w, dtype=jnp.float32) - cx,
-                        indexing="ij")
-  src_y = yy / s
-  src_x = (xx - sh * yy) / s
-  image = _bilinear(image, src_y + cy, src_x + cx)
-  b = jax.random.uniform(k_b, (), minval=1 - jitter, maxval=1 + jitter)
-  c = jax.random.uniform(k_c, (), minval=1 - jitter, maxval=1 + jitter)
-  sat = jax.random.uniform(k_s, (), minval=1 - jitter, maxval=1 + jitter)
-  image = jnp.clip(image * b, 0.0, 1.0)
-  image = jnp.clip(c * image + (1 - c) * _grayscale(image).mean(), 0.0, 1.0)
-  image = jnp.clip(sat * image + (1 - sat) * _grayscale(image), 0.0, 1.0)
-  return image
-
-
 def augment(rng: jax.Array, images: jax.Array, positions: jax.Array) -> jax.Array:
-  """Augments a batch; example i uses ``fold_in(rng, positions[i])`` (its global batch position)."""
-  keys = jax.vmap(lambda p: jax.random.fold_in(rng, p))(positions)
-  return jax.vmap(augment_one)(keys, images)
+  """The reference augmentation of a batch, as torchvision computes it on PIL images
+  (:func:`mu_jax.data.augment.augment`; example i keyed by ``fold_in(rng, positions[i])``)."""
+  from mu_jax.data import augment as augment_lib  # pylint: disable=import-outside-toplevel
+  return augment_lib.augment(rng, images, positions)

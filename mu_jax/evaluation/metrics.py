@@ -1,4 +1,4 @@
-"""Accuracy and per-example loss from saved logits, on the host (numpy only).
+"""Accuracy and per-example loss from saved logits, on the host (numpy and scipy).
 
 Every evaluation in mu_jax starts from the per-example outputs a model wrote to
 ``WORKDIR/<stage>/outputs/<split>.npz`` (docs/metrics.md#per-example-outputs): logits of shape [N,
@@ -14,13 +14,16 @@ docs/metrics.md):
 - per-example losses with ``reduction="none"`` semantics: CE for a class task, and for a multi-label
   task the BCE-with-logits averaged over attributes (what the MUCAC ``cal_mia`` feeds its attacker).
 
-The losses are computed in float64 with the usual log-sum-exp and softplus rearrangements, so a logit
-of ±1000 gives a finite, exact loss instead of ``inf`` or ``nan``.
+The losses are computed in float64 with the usual log-sum-exp and softplus rearrangements (scipy's
+``log_softmax`` and ``log_expit``), so a logit of ±1000 gives a finite, exact loss instead of
+``inf`` or ``nan``. tests/test_metrics_against_libraries.py checks top-k accuracy and the losses
+against scikit-learn's ``top_k_accuracy_score`` and ``log_loss``.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import special
 
 TASKS = ("multiclass", "multilabel")
 
@@ -67,14 +70,12 @@ def _binary_labels(labels, shape: tuple[int, ...], name: str = "labels") -> np.n
 
 
 def log_softmax(logits, axis: int = -1) -> np.ndarray:
-  """Numerically stable log-softmax (the max is subtracted before exponentiating)."""
-  x = np.asarray(logits, dtype=np.float64)
-  shifted = x - np.max(x, axis=axis, keepdims=True)
-  return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+  """Numerically stable log-softmax in float64 (``scipy.special.log_softmax``)."""
+  return special.log_softmax(np.asarray(logits, dtype=np.float64), axis=axis)
 
 
 def softmax(logits, axis: int = -1) -> np.ndarray:
-  """Numerically stable softmax.
+  """Numerically stable softmax (``scipy.special.softmax``).
 
   Args:
     logits: array of any shape.
@@ -83,23 +84,17 @@ def softmax(logits, axis: int = -1) -> np.ndarray:
   Returns:
     float64 probabilities that sum to 1 along ``axis``.
   """
-  x = np.asarray(logits, dtype=np.float64)
-  e = np.exp(x - np.max(x, axis=axis, keepdims=True))
-  return e / np.sum(e, axis=axis, keepdims=True)
+  return special.softmax(np.asarray(logits, dtype=np.float64), axis=axis)
 
 
 def log_sigmoid(logits) -> np.ndarray:
-  """log σ(x) = −softplus(−x), written so that neither tail overflows."""
-  x = np.asarray(logits, dtype=np.float64)
-  return -(np.maximum(-x, 0.0) + np.log1p(np.exp(-np.abs(x))))
+  """log σ(x), with neither tail overflowing (``scipy.special.log_expit``)."""
+  return special.log_expit(np.asarray(logits, dtype=np.float64))
 
 
 def sigmoid(logits) -> np.ndarray:
-  """σ(x) without overflow for large |x|."""
-  x = np.asarray(logits, dtype=np.float64)
-  # exp(-|x|) never overflows; the two branches are the same function rearranged.
-  e = np.exp(-np.abs(x))
-  return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+  """σ(x) without overflow for large |x| (``scipy.special.expit``)."""
+  return special.expit(np.asarray(logits, dtype=np.float64))
 
 
 def probabilities(logits, task: str = "multiclass") -> np.ndarray:

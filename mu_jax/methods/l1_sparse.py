@@ -9,7 +9,10 @@ Classification/unlearn/FT.py]: constant within an epoch,
     α_t = α·(1 − t / (E − no_l1_epochs))   for epoch t < E − no_l1_epochs (t counts from 0),
     α_t = 0                                 for the last ``no_l1_epochs`` epochs,
 
-so the first epoch uses α and the penalty decays linearly from there. The driver's
+so the first epoch uses α and the penalty decays linearly from there. When ``no_l1_epochs == E``
+(no decaying epoch at all) the official code's non-ImageNet branch applies the full α in every epoch
+(its ``elif args.unlearn_epochs - args.no_l1_epochs == 0`` case); its ImageNet branch applies 0. MUFAC
+and MUCAC train at CIFAR scale, so mu_jax follows the non-ImageNet branch. The driver's
 ``info["epoch"]`` gives t (this method has a single phase, so the run's epoch is the phase's).
 
 Defaults: lr 0.01, 10 epochs [OPTML-Group/Unlearn-Sparse@517c320:README.MD `--unlearn FT_prune
@@ -31,15 +34,26 @@ from mu_jax.methods.base import Phase, Unlearner, check_non_negative, check_posi
 
 
 def l1_coefficient(alpha: float, epoch: jax.Array, epochs: int, no_l1_epochs: int) -> jax.Array:
-  """α_t of epoch ``epoch`` (0-based): α·(1 − t/(E − no_l1)) while t < E − no_l1, else 0."""
+  """α_t of epoch ``epoch`` (0-based).
+
+  α·(1 − t/(E − no_l1)) while t < E − no_l1, else 0; the constant α when ``no_l1_epochs == epochs``
+  (the official non-ImageNet branch, see the module docstring).
+  """
   l1_epochs = epochs - no_l1_epochs
   t = jnp.asarray(epoch, jnp.float32)
-  decayed = alpha * (1.0 - t / max(l1_epochs, 1))
+  if l1_epochs == 0:
+    return jnp.full_like(t, alpha)
+  decayed = alpha * (1.0 - t / l1_epochs)
   return jnp.where(t < l1_epochs, decayed, 0.0).astype(jnp.float32)
 
 
 def l1_norm(params) -> jax.Array:
-  return sum(jnp.abs(x).sum() for x in jax.tree.leaves(params))
+  """‖θ‖₁ over every leaf, with torch's subgradient sign(θ): 0 at exactly zero weights.
+
+  ``jnp.abs`` differentiates to 1 at 0, so BatchNorm biases (initialised to 0) would be pushed
+  negative by the penalty where ``torch.linalg.norm(·, ord=1)`` leaves them in place.
+  """
+  return sum((x * jax.lax.stop_gradient(jnp.sign(x))).sum() for x in jax.tree.leaves(params))
 
 
 def l1_sparse(alpha: float = 5e-4, lr: float = 1e-2, epochs: int = 10, no_l1_epochs: int = 0,
@@ -51,7 +65,8 @@ def l1_sparse(alpha: float = 5e-4, lr: float = 1e-2, epochs: int = 10, no_l1_epo
       docstring).
     lr: SGD learning rate.
     epochs: passes over the retain set (E).
-    no_l1_epochs: final epochs without the penalty.
+    no_l1_epochs: final epochs without the penalty; equal to ``epochs``, the full α applies in
+      every epoch instead (the official non-ImageNet branch).
     momentum: SGD momentum (the official code's 0.9).
     weight_decay: L2 added to the gradient (the official code's 5e-4).
 

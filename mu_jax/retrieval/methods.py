@@ -33,8 +33,10 @@ designs after the papers' descriptions, not the papers' formulas**:
 * ``cure`` (after Shivam et al., CURE, arXiv 2509.19562): unsupervised, no identity label of
   a forget image is used. K-means on the forget embeddings (run inside the driver as Lloyd passes
   over the forget set, see :func:`cure`); each forget image is pulled toward the centroid farthest
-  from its own (cosine loss plus a cross-entropy over the centroids with that pseudo-label); the
-  clusters are recomputed from the current model every ``recluster_every`` epochs; retain
+  from its own, its own being the centroid nearest to the frozen original's embedding, so the
+  pseudo-label stays fixed between clusterings (cosine loss plus a cross-entropy over the centroids
+  with that pseudo-label); the clusters are recomputed from the current model every
+  ``recluster_every`` epochs; retain
   embeddings are matched to the original's (feature matching, no labels either).
 
 Set-level losses (uniformity, hard dispersion, K-means) see the *global* forget batch: embeddings
@@ -430,6 +432,26 @@ def farthest_map(centroids: jax.Array) -> jax.Array:
   return jnp.argmax(_sq_dist(centroids, centroids), -1).astype(jnp.int32)
 
 
+def cure_pseudo_labels(teacher_emb: jax.Array, centroids: jax.Array, target: jax.Array
+                       ) -> jax.Array:
+  """CURE's pseudo-label ỹ(x) = φ(l(x)), with l(x) the centroid nearest to the *teacher's* embedding.
+
+  The teacher is frozen and the centroids change only at a re-clustering, so every image keeps its
+  pseudo-label while the student moves; labelling from the student's own embedding instead would
+  flip an image's target each time it crosses a cluster boundary, and it would oscillate there.
+
+  Args:
+    teacher_emb: [B, d] embeddings of the frozen original.
+    centroids: [K, d] the current centroids.
+    target: [K] φ, the farthest centroid of each centroid (:func:`farthest_map`).
+
+  Returns:
+    [B] int32 pseudo-labels (indices into ``centroids``).
+  """
+  own = jnp.argmin(_sq_dist(teacher_emb, centroids), -1)
+  return target[own].astype(jnp.int32)
+
+
 def cure(lr: float = 5e-2, epochs: int = 8, clusters: int = 4, recluster_every: int = 2,
          kmeans_iters: int = 3, temperature: float = 0.1, w_pull: float = 1.0,
          w_contrast: float = 0.5, w_match: float = 5.0, momentum: float = 0.9,
@@ -442,8 +464,10 @@ def cure(lr: float = 5e-2, epochs: int = 8, clusters: int = 4, recluster_every: 
   images), then ``recluster_every`` epochs of erasure on paired batches, then Lloyd passes again
   from the current centroids, and so on until ``epochs`` erasure epochs have run.
 
-  Erasure loss, with ĉ the normalised centroids, k(x) the nearest centroid of x's current
-  embedding and ỹ = φ(k(x)) its farthest centroid::
+  Erasure loss, with ĉ the normalised centroids, k(x) the centroid nearest to the frozen
+  original's embedding of x (as the paper's l_f(x) = argmin_k ‖f_θ*(x) − c_k‖²) and ỹ = φ(k(x))
+  its farthest centroid (:func:`cure_pseudo_labels`); ỹ stays fixed until the next
+  re-clustering while the student moves::
 
     w_pull · mean(1 − cos(z, ĉ_ỹ)) + w_contrast · CE(cos(z, ĉ)/temperature, ỹ)
     + w_match · mean_R ‖z − z_original‖²
@@ -457,7 +481,9 @@ def cure(lr: float = 5e-2, epochs: int = 8, clusters: int = 4, recluster_every: 
     temperature: of the cross-entropy over centroids.
     w_pull, w_contrast, w_match: loss weights.
     momentum: SGD momentum.
-    augment: feed the reference augmentation to the erasure steps (the K-means passes never).
+    augment: feed the reference augmentation to the erasure steps (the K-means passes never); the
+      original then embeds the augmented image, so an image close to a cluster boundary can get
+      another pseudo-label under another augmentation.
   """
   check_positive("cure", epochs=epochs, clusters=clusters, recluster_every=recluster_every,
                  kmeans_iters=kmeans_iters, temperature=temperature)
@@ -498,13 +524,13 @@ def cure(lr: float = 5e-2, epochs: int = 8, clusters: int = 4, recluster_every: 
     del rng, info
     f, r = batch["forget"], batch["retain"]
     _, zt_r = _teacher_out(state, aux, r["image"])
+    _, zt_f = _teacher_out(state, aux, f["image"])
+    target = cure_pseudo_labels(zt_f, aux["centroids"], aux["target"])
     cents = model_lib.l2_normalize(aux["centroids"])
 
     def loss_fn(params):
       _, zr, stats = model_lib.embed(state, params, state.batch_stats, r["image"], train=True)
       _, zf, stats = model_lib.embed(state, params, stats, f["image"], train=True)
-      own = jnp.argmin(_sq_dist(lax.stop_gradient(zf), aux["centroids"]), -1)
-      target = aux["target"][own]
       cos = zf @ cents.T
       pull = (1.0 - jnp.take_along_axis(cos, target[:, None], -1)[:, 0]).mean()
       contrast = margin_loss(cos / temperature, target).mean()

@@ -13,8 +13,10 @@ found. The numbers here measure both from embeddings that the device code comput
   docs/metrics.md#retrieval-columns.
 
 Embeddings are ℓ2-normalised here again (cosine similarity is the dot product of unit vectors), so
-un-normalised inputs give the same numbers; a zero embedding is refused. Ties in similarity are
-broken by gallery order (a stable sort), which makes every number deterministic.
+un-normalised inputs give the same numbers; a zero embedding is refused. Gallery items with equal
+similarity share their rank (average precision as scikit-learn's ``average_precision_score``,
+Rank-1 as the share of positives among the items tied first), so no number depends on the order of
+the gallery.
 """
 
 from __future__ import annotations
@@ -95,21 +97,47 @@ def gallery_query_split(identities, n_query_per_identity: int = 1,
   return np.nonzero(is_query)[0], np.nonzero(~is_query)[0]
 
 
-def _ranked_relevance(q: np.ndarray, q_codes: np.ndarray, g: np.ndarray, g_codes: np.ndarray):
-  """Yields, per chunk of queries, a bool matrix: is the gallery item at each rank a positive."""
+def _tie_aware_scores(q: np.ndarray, q_codes: np.ndarray, g: np.ndarray, g_codes: np.ndarray):
+  """Yields, per chunk of queries, ``(ap, top1, n_pos)``, each with ties in similarity shared.
+
+  Average precision is scikit-learn's ``average_precision_score`` of the gallery ranked by cosine
+  similarity: a sum over the distinct similarity values, from the highest, of (recall gained at that
+  value) × (precision over every item scoring at least that value). Items that tie share one
+  precision, so the order of tied gallery items never changes the result. ``top1`` is the share of
+  positives among the gallery items tied for the highest similarity (1 or 0 when there is no tie).
+  ``n_pos`` counts each query's gallery positives; ``ap`` is 0 where it is 0.
+  """
+  ranks = np.arange(1, len(g) + 1)
   for s in range(0, len(q), _QUERY_CHUNK):
     sims = q[s:s + _QUERY_CHUNK] @ g.T
     order = np.argsort(-sims, axis=1, kind="stable")
-    yield g_codes[order] == q_codes[s:s + _QUERY_CHUNK, None]
+    ranked = np.take_along_axis(sims, order, axis=1)
+    rel = g_codes[order] == q_codes[s:s + _QUERY_CHUNK, None]
+    # The last rank of each run of equal similarities: a run ends where the next value differs.
+    is_end = np.ones_like(rel)
+    is_end[:, :-1] = ranked[:, 1:] != ranked[:, :-1]
+    end = np.where(is_end, np.arange(len(g)), len(g))
+    end = np.minimum.accumulate(end[:, ::-1], axis=1)[:, ::-1]
+    hits = np.cumsum(rel, axis=1)
+    # Every positive is credited with the precision at the end of its run of ties.
+    precision_at_end = np.take_along_axis(hits, end, axis=1) / ranks[end]
+    n_pos = hits[:, -1]
+    ap = np.sum(precision_at_end * rel, axis=1) / np.maximum(n_pos, 1)
+    first = end[:, 0]
+    top1 = hits[np.arange(len(hits)), first] / (first + 1)
+    yield ap, top1, n_pos
 
 
 def retrieval_metrics(query_emb, query_ids, gallery_emb, gallery_ids) -> dict:
-  """mAP and Rank-1 of cosine-similarity retrieval.
+  """mAP and Rank-1 of cosine-similarity retrieval, invariant to the order of tied gallery items.
 
-  For each query the gallery is ranked by cosine similarity. Its average precision is the mean, over
-  every gallery positive (same identity), of the precision at that positive's rank (mAP@all). A query
-  with no positive in the gallery has no defined AP: it is left out of both mAP and Rank-1 and
-  counted in ``n_queries_without_positive``.
+  For each query the gallery is ranked by cosine similarity. Its average precision (mAP@all) is
+  scikit-learn's ``average_precision_score(gallery is a positive, similarity)``: the mean, over the
+  gallery positives, of the precision at the last rank that ties with the positive's similarity.
+  Rank-1 is the share of positives among the gallery items tied for the highest similarity: with one
+  positive and one negative tied first, AP and Rank-1 are both 0.5, whichever comes first in the
+  gallery. A query with no positive in the gallery has no defined AP: it is left out of both mAP and
+  Rank-1 and counted in ``n_queries_without_positive``.
 
   Args:
     query_emb: [Q, D] query embeddings.
@@ -128,15 +156,11 @@ def retrieval_metrics(query_emb, query_ids, gallery_emb, gallery_ids) -> dict:
   if q.shape[1] != g.shape[1]:
     raise ValueError(f"query_emb has dimension {q.shape[1]} but gallery_emb has {g.shape[1]}")
   q_codes, g_codes = _codes(_ids(query_ids, len(q), "query_ids"), _ids(gallery_ids, len(g), "gallery_ids"))
-  ranks = np.arange(1, len(g) + 1)
   aps, top1 = [], []
-  for rel in _ranked_relevance(q, q_codes, g, g_codes):
-    n_rel = rel.sum(axis=1)
-    precision = np.cumsum(rel, axis=1) / ranks
-    ap = np.sum(precision * rel, axis=1) / np.maximum(n_rel, 1)
-    keep = n_rel > 0
+  for ap, first, n_pos in _tie_aware_scores(q, q_codes, g, g_codes):
+    keep = n_pos > 0
     aps.append(ap[keep])
-    top1.append(rel[keep, 0])
+    top1.append(first[keep])
   aps_all, top1_all = np.concatenate(aps), np.concatenate(top1)
   n = len(aps_all)
   return {
@@ -150,7 +174,8 @@ def retrieval_metrics(query_emb, query_ids, gallery_emb, gallery_ids) -> dict:
 def identifiability(query_emb, query_ids, gallery_emb, gallery_ids) -> float:
   """Fraction of queries whose nearest gallery image shows the same person.
 
-  Unlike Rank-1 in :func:`retrieval_metrics`, every query counts: a query whose identity has no image
+  When several gallery images tie for nearest, a query counts by the share of them that show its
+  person (as Rank-1 in :func:`retrieval_metrics`). Unlike Rank-1 in :func:`retrieval_metrics`, every query counts: a query whose identity has no image
   in the gallery cannot be identified and counts as not identified. Queries are not in the gallery,
   so a query never matches itself.
 
@@ -170,7 +195,7 @@ def identifiability(query_emb, query_ids, gallery_emb, gallery_ids) -> float:
   if q.shape[1] != g.shape[1]:
     raise ValueError(f"query_emb has dimension {q.shape[1]} but gallery_emb has {g.shape[1]}")
   q_codes, g_codes = _codes(_ids(query_ids, len(q), "query_ids"), _ids(gallery_ids, len(g), "gallery_ids"))
-  hits = [rel[:, 0] for rel in _ranked_relevance(q, q_codes, g, g_codes)]
+  hits = [top1 for _, top1, _ in _tie_aware_scores(q, q_codes, g, g_codes)]
   return float(np.mean(np.concatenate(hits)))
 
 
