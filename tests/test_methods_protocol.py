@@ -103,24 +103,30 @@ def test_step_is_pure_traced_once_and_equal_on_4_and_1_devices(name):
 # of the values measured when they were set (in comments).
 _BEHAVIOUR = {
     # Fine-tuning on retain: retain loss down (−0.10), forget loss not down as much (gap 0.17).
-    "finetune": (dict(lr=0.05, epochs=3), dict(dr_max=-0.04, gap_min=0.08)),
+    # BatchNorm in train mode: the MUFAC default (eval mode, the reference's) at this learning rate
+    # breaks the tiny model's fit everywhere (forget and retain loss both up by 1.3).
+    "finetune": (dict(lr=0.05, epochs=3, bn_mode="train"), dict(dr_max=-0.04, gap_min=0.08)),
     # Only the last k=2 blocks train (checked bit for bit); retain loss down (−0.08).
     "cf_k": (dict(lr=0.05, epochs=3, k=2), dict(dr_max=-0.04, gap_min=0.04, frozen=("conv1", "bn1", "layer1"))),
     # The last blocks are re-initialised: the forget set loses its fit (df 1.56, gap 0.78).
     "eu_k": (dict(lr=0.05, epochs=3, k=2), dict(df_min=0.8, gap_min=0.4, dar_min=-0.5,
                                                  frozen=("conv1", "bn1", "layer1"))),
-    # Gradient ascent on forget (df 0.61, gap 0.44).
-    "neggrad": (dict(lr=0.01, epochs=2), dict(df_min=0.3, gap_min=0.2)),
-    # Descent on retain and ascent on forget together (df 2.22, gap 1.78).
-    "neggrad_plus": (dict(lr=0.02, epochs=2), dict(df_min=1.0, gap_min=0.9, dar_min=-0.5)),
+    # Gradient ascent on forget (df 0.61, gap 0.44). Batch 8: the reference loop skips pairs that
+    # are not full, and at 16 the 24 forget images give one full batch in two.
+    "neggrad": (dict(lr=0.01, epochs=2), dict(df_min=0.3, gap_min=0.2, batch_size=8,
+                                               dar_min=-0.5)),
+    # Descent on retain and ascent on forget together (df 2.22, gap 1.78); batch 8 as NegGrad.
+    "neggrad_plus": (dict(lr=0.02, epochs=2), dict(df_min=1.0, gap_min=0.9, dar_min=-0.5,
+                                                    batch_size=8)),
     # Forget trained toward wrong labels (df 0.61, gap 0.46).
     "random_labels": (dict(lr=0.02, epochs=2), dict(df_min=0.3, gap_min=0.2)),
     # Forget trained toward the nearest wrong class (gap 0.29, forget accuracy −0.29).
     "boundary_shrink": (dict(lr=0.05, epochs=3), dict(gap_min=0.15, daf_max=-0.1)),
     # Forget trained toward a shadow class that is then pruned (df 0.59, gap 0.31).
     "boundary_expand": (dict(lr=0.1, epochs=3), dict(df_min=0.25, gap_min=0.15)),
-    # Noise impair plus retain repair (df 0.57, gap 0.27).
-    "unsir": (dict(lr=0.05), dict(df_min=0.25, gap_min=0.15)),
+    # Noise impair plus retain repair (df 0.57, gap 0.27); batch 8 as NegGrad (the impair stage
+    # skips pairs that are not full).
+    "unsir": (dict(lr=0.05), dict(df_min=0.25, gap_min=0.15, batch_size=8)),
     # Class-level noise needs a class-level task: the forget set here is every training image of
     # classes 0 and 1 (the identity forget set spans 7 of the 8 classes). One noise epoch and 16
     # noise images per class keep it fast; impair lr 0.01 and repair lr 0.002 (Adam) instead of
@@ -133,7 +139,9 @@ _BEHAVIOUR = {
     # Min-max distillation. Batch 8: with 16 the 24 forget images give one max-step per epoch and
     # the run is fine-tuning in all but name (the max-step's sign flipped still passes gap 0.2);
     # with 8, gap 0.72 against 0.09 flipped.
-    "scrub": (dict(lr=0.05, epochs=3), dict(gap_min=0.35, batch_size=8)),
+    # The retain pass keeps its last partial batch (the reference's loader): retain accuracy falls
+    # by up to 0.4 at this learning rate while the gap is far above any random draw's.
+    "scrub": (dict(lr=0.05, epochs=3), dict(gap_min=0.35, batch_size=8, dar_min=-0.5)),
     # The forget outputs leave the original's: KL(original ‖ unlearned) on forget is 4.1 times that
     # on retain (2.0 with the max-step's sign flipped, about 1 for fine-tuning); gap 0.37.
     "scrub_official": (dict(lr=5e-3), dict(gap_min=0.18, kl_ratio_min=3.0)),

@@ -15,6 +15,21 @@ inspect_data prints 10,025 / 1,539 / 1,504 train / test / unseen images and the 
 (docs/datasets.md, "Known quirks of the real data"). The benchmark prints the result table
 (docs/metrics.md); the reference's published original model reaches test accuracy 0.5952. Cost: not
 measured; no end-to-end MUFAC run has been timed on any machine yet.
+
+Reference behaviours it reproduces (ndb796/MachineUnlearning; docs/methods.md has the sources):
+  * the reference attack (logistic regression on per-example losses, forget vs unseen, the forget
+    set truncated to the unseen count) and NoMUS exactly;
+  * fine-tuning and UNSIR with BatchNorm in eval mode (the notebooks call ``model.eval()`` before
+    their loops and never switch back); CF-k, NegGrad, NegGrad+ and SCRUB in train mode;
+  * torch's BatchNorm running-variance update (unbiased batch variance) in ResNet-18;
+  * partial batches as each loop runs them: fine-tuning, CF-k, the UNSIR repair and both SCRUB
+    passes keep the last partial batch (134 retain steps per epoch, 24 forget steps with 28 images
+    in the last); NegGrad and NegGrad+ skip pairs that are not full (128 then 127 steps);
+  * the training augmentation as torchvision computes it on PIL images (nearest-neighbour affine,
+    uint8 colour jitter in random order);
+  * the paper protocol's forget set (the first 1,500 train rows, person F0046_D cut in two).
+Both protocols run the same algorithms. Not reproduced: the original model's training drops its
+last partial batch (the reference keeps it: 157 steps per epoch, the last with 41 images).
 """
 
 from experiments.configs import common

@@ -6,6 +6,6 @@ torchvision ``state_dict`` files and mu_jax's flax variables (:mod:`mu_jax.model
 
 from mu_jax.models.resnet import ResNet, resnet18
 from mu_jax.models.small import SmallCNN
-from mu_jax.models.registry import block_names, create_model
+from mu_jax.models.registry import block_names, check_contract, create_model, register_model
 from mu_jax.models.torch_io import (TorchCheckpointError, from_torch, load_torch_checkpoint,
                                     save_torch_checkpoint, to_torch)
