@@ -23,11 +23,11 @@ Default: 200 persons × 6 images at 32×32 (900 train images of 150 persons; 22 
 forgotten; 30 test and 20 unseen persons), ResNet-18 at width 16 with torchvision's stem, SGD
 momentum 0.9, lr 0.05 ÷10 at epochs 20 and 25, 30 epochs, batch 32. It prints the benchmark table
 (models as rows: accuracies, the reference attack, NoMUS, AUROC, KL to the retrained model, wall
-seconds; README.md shows one). Measured on the 2-core AMD EPYC (Zen 5, AVX-512) development machine,
-other jobs on the cores (load 1.2-1.6): 7 min 39 s wall for both models and all 16 methods, peak RSS
-3.1 GB. That run printed test accuracy 0.472 and reference-attack accuracy 0.667 for the original
-(chance 0.125 and 0.5), 0.406 and 0.500 for the retrained model; the retrained attack accuracy moves
-by several points with the summation order of the convolutions (BUILD_NOTES.md, "Measured: the main
+seconds; README.md shows one). Measured on a 2-core Intel Xeon (AVX-512), nothing else running:
+8 min 43 s wall for both models and all 16 methods, peak RSS 3.1 GB. That run printed test
+accuracy 0.411 and reference-attack accuracy 0.642 for the original (chance 0.125 and 0.5), 0.461
+and 0.562 for the retrained model; the attack accuracies move by several points with the order of
+operations of the code version (BUILD_NOTES.md, "Measured: the main
 job on the synthetic faces").
 """
 
@@ -66,11 +66,6 @@ def get_config(arg: str | None = None):
     c.model.width = base.model.width
     c.train = base.train
     c.unlearn.batch_size = base.unlearn.batch_size
-  if "torchvision" in args:
-    # torchvision's ResNet-18 (width 64, ImageNet stem, 8 classes) at 32×32: the shape a PyTorch
-    # checkpoint imports into (--config.model.checkpoint=...).
-    c.model.width = 64
-    c.model.stem = "imagenet"
   if "runlocal" in args:
     c.data.num_identities = 60
     c.data.images_per_identity = 6
@@ -79,4 +74,10 @@ def get_config(arg: str | None = None):
     c.model.width = 16
     c.train.epochs = 8
     c.train.lr_boundaries = (6,)
+  if "torchvision" in args:
+    # torchvision's ResNet-18 (width 64, ImageNet stem, 8 classes): the shape a PyTorch checkpoint
+    # imports into (--config.model.checkpoint=...); after runlocal, which would pick a small CNN.
+    c.model.name = "resnet18"
+    c.model.width = 64
+    c.model.stem = "imagenet"
   return c
