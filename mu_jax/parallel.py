@@ -147,7 +147,7 @@ def require_one_process(what: str) -> None:
   if jax.process_count() > 1:
     raise RuntimeError(f"{what} runs in one process (over all of its devices), not under "
                        f"jax.distributed with {jax.process_count()} processes; training, "
-                       "unlearning and the benchmark run on several")
+                       "unlearning, the benchmark and retrieval run on several")
 
 
 def process_slice(global_batch_size: int) -> slice:

@@ -159,11 +159,49 @@ def test_unlearning_on_two_processes_equals_the_one_process_run(tmp_path):
                                rtol=1e-4, atol=1e-5)
 
 
-def test_retrieval_and_sisa_refuse_several_processes_before_writing(tmp_path, monkeypatch):
-  from mu_jax.pipelines import retrieval, sisa as sisa_pipeline
+RETRIEVAL_FLAGS = ["--config=experiments/configs/retrieval.py:runlocal",
+                   "--config.data.num_identities=12", "--config.data.images_per_identity=4",
+                   "--config.data.image_size=8", "--config.model.width=4",
+                   "--config.model.embed_dim=8", "--config.train.epochs=2",
+                   "--config.train.batch_size=8", "--config.train.lr_boundaries=()",
+                   "--config.unlearn.batch_size=8", "--config.eval.plot=False",
+                   "--config.unlearn.hparams.gradient_ascent.epochs=1"]
+
+
+def test_retrieval_on_two_processes_equals_the_one_process_run(tmp_path):
+  """``experiments.retrieval --distributed`` on 2 processes × 2 devices gives the rows of one
+  process on 4 devices; process 0 alone writes the result files."""
+  from absl import flags
+  from ml_collections import config_flags
+  from mu_jax.pipelines import retrieval
+  argv = ["prog", *RETRIEVAL_FLAGS]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "config", flag_values=fv, sys_argv=argv)
+  fv(argv)
+  want = retrieval.run_retrieval(fv.config, str(tmp_path / "one"), "gradient_ascent",
+                                 progress=False, log=lambda _: None)["rows"]
+  wd = str(tmp_path / "two")
+  env = _env(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_DISABLE_MOST_OPTIMIZATIONS=str(int(jax.config.read("jax_disable_most_optimizations"))))
+  port = _free_port()
+  codes, logs = _launch_processes(lambda i: [
+      sys.executable, "-m", "tests.distributed_train_worker", "0", "retrieval", *RETRIEVAL_FLAGS,
+      f"--workdir={wd}", "--methods=gradient_ascent", "--noprogress", "--distributed",
+      f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"], env)
+  assert codes == [0, 0], logs
+  got = json.load(open(os.path.join(wd, "results", "retrieval.json")))["rows"]
+  assert [r["model"] for r in got] == [r["model"] for r in want]
+  assert [r["stage"] for r in got] == [r["stage"] for r in want]
+  for g, w in zip(got, want):
+    for k in ("forget_map", "retain_map", "forget_rank1", "retain_rank1", "identifiability"):
+      np.testing.assert_allclose(g[k], w[k], atol=2e-3, err_msg=f"{g['model']} {k}")
+  assert [r["status"] for r in audit.read_requests(os.path.join(wd, "retrieval"))] == [
+      "started", "complete"]
+
+
+def test_sisa_refuses_several_processes_before_writing(tmp_path, monkeypatch):
+  from mu_jax.pipelines import sisa as sisa_pipeline
   monkeypatch.setattr(jax, "process_count", lambda: 2)
-  with pytest.raises(RuntimeError, match="retrieval pipeline runs in one process"):
-    retrieval.run_retrieval({}, str(tmp_path / "r"))
   with pytest.raises(RuntimeError, match="SISA runs in one process"):
     sisa_pipeline.run_sisa(fault_worker.config(), str(tmp_path / "s"))
   assert not os.listdir(tmp_path)

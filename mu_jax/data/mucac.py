@@ -299,26 +299,19 @@ def assemble(examples: Examples, *, task: str = "multilabel", test_max: int = TE
   base = FaceDataset(examples, manifest, num_classes=num_classes,
                      task="multilabel" if task == "multilabel" else "multiclass",
                      label_names=label_names)
-  identity_args = {"forget_count": forget_count, "forget_fraction": forget_fraction,
-                   "forget_identities": forget_identities}
-  given = [k for k, v in identity_args.items() if v is not None]
-  if forget_mode == "range":
-    if given:
-      raise DataError(f"forget_mode='range' forgets identities in [test_max, forget_max); {given} "
-                      "only apply to forget_mode='identity'")
+  def forget_range(ds: FaceDataset) -> FaceDataset:
     forget = [e for e, i in train if int(i) < forget_max]
     if not forget:
       raise DataError(f"no train image has an identity in the forget range [{test_max}, {forget_max})")
     if len(forget) == len(train):
       raise DataError(f"no train image has an identity in the retain range [{forget_max}, "
                       f"{retain_max}): nothing would be retained")
-    return splits.with_forget(base, forget, {"forget_mode": "range"})
-  if len(given) != 1:
-    raise DataError("forget_mode='identity' needs exactly one of forget_count, forget_fraction or "
-                    f"forget_identities; got {given or 'none'}")
+    return splits.with_forget(ds, forget, {"forget_mode": "range"})
+
   names = None if forget_identities is None else [str(i) for i in forget_identities]
-  return splits.forget_identities(base, identities=names, count=forget_count,
-                                  fraction=forget_fraction, seed=forget_seed)
+  return splits.choose_forget(base, forget_mode, count=forget_count, fraction=forget_fraction,
+                              identities=names, seed=forget_seed, rule=forget_range,
+                              rule_text="forgets identities in [test_max, forget_max)")
 
 
 def read_mucac(root: str | os.PathLike[str], *, image_size: int | None = 128,

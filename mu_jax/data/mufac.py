@@ -236,28 +236,11 @@ def assemble(examples: Examples, sources: Sequence[str], *, forget_mode: str = "
       meta=dict(meta or {}))
   base = FaceDataset(examples, manifest, num_classes=NUM_CLASSES, task="multiclass",
                      label_names=AGE_RANGES)
-  identity_args = {"forget_count": forget_count, "forget_fraction": forget_fraction,
-                   "forget_identities": forget_identities}
-  given = [k for k, v in identity_args.items() if v is not None]
-  if forget_mode == "paper":
-    if given:
-      raise DataError(f"forget_mode='paper' forgets the first paper_forget_rows train rows; "
-                      f"{given} only apply to forget_mode='identity'")
-    if not 0 < paper_forget_rows < len(train):
-      raise DataError(f"paper_forget_rows={paper_forget_rows} must be in (0, {len(train)}): the "
-                      "train CSV has that many rows and retain must not be empty")
-    head, tail = train[:paper_forget_rows], train[paper_forget_rows:]
-    shared = sorted({i for _, i in head} & {i for _, i in tail})
-    return splits.with_forget(
-        base, [e for e, _ in head],
-        {"forget_mode": "paper", "paper_forget_rows": paper_forget_rows,
-         "paper_shared_identities": shared, "forget_identity_count": len({i for _, i in head})},
-        {"forget/retain": shared} if shared else {})
-  if len(given) != 1:
-    raise DataError("forget_mode='identity' needs exactly one of forget_count, forget_fraction or "
-                    f"forget_identities; got {given or 'none'}")
-  return splits.forget_identities(base, identities=forget_identities, count=forget_count,
-                                  fraction=forget_fraction, seed=forget_seed)
+  return splits.choose_forget(
+      base, forget_mode, count=forget_count, fraction=forget_fraction,
+      identities=forget_identities, seed=forget_seed,
+      rule=lambda ds: splits.first_rows_forget(ds, paper_forget_rows),
+      rule_text="forgets the first paper_forget_rows train rows")
 
 
 def read_mufac(root: str | os.PathLike[str], *, image_size: int | None = 128,

@@ -288,6 +288,62 @@ def with_forget(dataset: FaceDataset, forget_ids: Sequence[str], meta: Mapping[s
   return dataclasses.replace(dataset, manifest=manifest)
 
 
+def first_rows_forget(dataset: FaceDataset, rows: int | None, mode: str = "paper") -> FaceDataset:
+  """Forgets the first ``rows`` train rows, in file order: the MUFAC reference's protocol.
+
+  It may cut a person in two; the persons shared by forget and retain are recorded in
+  ``meta["paper_shared_identities"]`` and allowed as an overlap (reported, not hidden).
+
+  Raises:
+    DataError: ``rows`` is missing or leaves forget or retain empty.
+  """
+  train = dataset.manifest.splits["train"]
+  if rows is None or not 0 < rows < len(train):
+    raise DataError(f"forget_mode={mode!r} forgets the first paper_forget_rows train rows: "
+                    f"paper_forget_rows={rows} must be in (0, {len(train)}) so that retain is not "
+                    "empty")
+  head, tail = train[:rows], train[rows:]
+  shared = sorted({i for _, i in head} & {i for _, i in tail})
+  return with_forget(dataset, [e for e, _ in head],
+                     {"forget_mode": mode, "paper_forget_rows": rows,
+                      "paper_shared_identities": shared,
+                      "forget_identity_count": len({i for _, i in head})},
+                     {"forget/retain": shared} if shared else {})
+
+
+def choose_forget(dataset: FaceDataset, mode: str, *, count: int | None = None,
+                  fraction: float | None = None, identities: Sequence[str] | None = None,
+                  seed: int = 0, rule=None, rule_text: str = "") -> FaceDataset:
+  """The one forget-set selection every reader uses.
+
+  Args:
+    dataset: the dataset with train still whole.
+    mode: "identity" (whole persons: exactly one of ``count``, ``fraction`` or ``identities``,
+      :func:`forget_identities`) or a reader's row rule (MUFAC's "paper", MUCAC's "range").
+    count, fraction, identities, seed: the identity-mode request.
+    rule: for any other mode, ``rule(dataset) -> FaceDataset`` applying it.
+    rule_text: what the rule forgets, for the error that names identity-mode arguments given to it.
+
+  Raises:
+    DataError: identity-mode arguments given to a rule, not exactly one of them in identity mode,
+      or an unknown mode.
+  """
+  given = [k for k, v in {"forget_count": count, "forget_fraction": fraction,
+                          "forget_identities": identities}.items() if v is not None]
+  if mode != "identity":
+    if rule is None:
+      raise DataError(f"unknown forget_mode {mode!r}")
+    if given:
+      raise DataError(f"forget_mode={mode!r} {rule_text}; {given} only apply to "
+                      "forget_mode='identity'")
+    return rule(dataset)
+  if len(given) != 1:
+    raise DataError("forget_mode='identity' needs exactly one of forget_count, forget_fraction or "
+                    f"forget_identities; got {given or 'none'}")
+  return forget_identities(dataset, identities=identities, count=count, fraction=fraction,
+                           seed=seed)
+
+
 def forget_identities(dataset: FaceDataset, *, identities: Sequence[str] | None = None,
                       count: int | None = None, fraction: float | None = None,
                       seed: int = 0) -> FaceDataset:

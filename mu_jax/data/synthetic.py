@@ -217,17 +217,11 @@ def make_dataset(num_identities: int = 60, images_per_identity: int = 10, image_
        "images_per_identity": images_per_identity, "image_size": image_size, "task": task})
   train = manifest.splits["train"]
   ds = FaceDataset(ex, manifest, num_classes, kind, label_names)
-  if forget_mode == "identity":
-    return splits.forget_identities(ds, identities=forget_identities, count=forget_count,
-                                    fraction=None if (forget_count or forget_identities) else forget_fraction,
-                                    seed=forget_seed)
+  if forget_mode not in ("identity", "paper"):
+    raise DataError(f"forget_mode must be 'identity' or 'paper', got {forget_mode!r}")
   if forget_mode == "paper":
     rows = paper_forget_rows or max(1, int(round(0.15 * len(train))))
-    if not 0 < rows < len(train):
-      raise DataError(f"paper_forget_rows must be in 1..{len(train) - 1}, got {rows}")
-    forget_ids = [e for e, _ in train[:rows]]
-    shared = sorted({i for _, i in train[:rows]} & {i for _, i in train[rows:]})
-    return splits.with_forget(ds, forget_ids, {"forget_mode": "paper", "paper_forget_rows": rows,
-                                               "paper_shared_identities": shared},
-                              allowed_overlaps={"forget/retain": shared})
-  raise DataError(f"forget_mode must be 'identity' or 'paper', got {forget_mode!r}")
+    return splits.first_rows_forget(ds, rows)
+  return splits.choose_forget(
+      ds, "identity", count=forget_count, identities=forget_identities, seed=forget_seed,
+      fraction=None if (forget_count is not None or forget_identities) else forget_fraction)

@@ -9,7 +9,8 @@ manifest.json, so it can share a workdir with the classification benchmark)::
   WORKDIR/results/retrieval_pca.png                       forget and retain embeddings in 2-D, per model
 
 Stages follow the engine's identity rule (:mod:`mu_jax.experiment`): the same command resumes or
-skips; a method run with other hyperparameters makes a new stage beside the old one.
+skips; a method run with other hyperparameters makes a new stage beside the old one. Under
+``jax.distributed`` every process computes and process 0 writes the files.
 ``outputs/train.npz`` and ``outputs/heldout.npz`` hold every image's embedding.
 """
 
@@ -39,7 +40,6 @@ def run_retrieval(config: Any, workdir: str, methods: str | Sequence[str] | None
   Returns:
     {"rows", "paths", "table"}.
   """
-  parallel.require_one_process("the retrieval pipeline")
   cfg = engine.to_dict(config)
   exp = engine.Experiment.create(cfg, workdir, task="retrieval", overwrite=overwrite,
                                  methods=methods or cfg["unlearn"]["methods"])
@@ -72,6 +72,9 @@ def run_retrieval(config: Any, workdir: str, methods: str | Sequence[str] | None
     r["cost_vs_retrain"] = r["wall_s"] / retrain["wall_s"] if retrain["wall_s"] else float("nan")
     r["examples_vs_retrain"] = (r["examples"] / retrain["examples"] if retrain["examples"]
                                 else float("nan"))
+  table = reval.markdown_table(rows)
+  if not parallel.is_primary():  # every process computed the rows; process 0 writes them
+    return {"rows": rows, "paths": {}, "table": table}
   results = os.path.join(workdir, "results")
   paths = reval.write_results(results, rows, cfg, exp.workdir.manifest.content_hash)
   if cfg["eval"]["plot"]:
@@ -81,4 +84,4 @@ def run_retrieval(config: Any, workdir: str, methods: str | Sequence[str] | None
       panels.append((r["model"], out["embedding"], out["identity"]))
     paths["png"] = reval.pca_plot(os.path.join(results, "retrieval_pca.png"), panels,
                                   data.forget_identities, seed=cfg["eval"]["seed"])
-  return {"rows": rows, "paths": paths, "table": reval.markdown_table(rows)}
+  return {"rows": rows, "paths": paths, "table": table}
