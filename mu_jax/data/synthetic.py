@@ -49,8 +49,10 @@ def _person_params(rng: np.random.Generator) -> dict[str, np.ndarray | float]:
   }
 
 
-def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
-  """A per-person high-frequency pattern (checker cells of random sign), fixed for the person."""
+def person_texture(rng: np.random.Generator, size: int) -> np.ndarray:
+  """A per-person high-frequency pattern [size, size, 3]: square cells (``size // 2`` a side, at
+  least two) of random sign per cell and channel, fixed for the person (the retrieval faces'
+  generator draws the same)."""
   cells = max(2, size // 2)
   pattern = rng.choice([-1.0, 1.0], size=(cells, cells, 3))
   rep = int(np.ceil(size / cells))
@@ -115,7 +117,7 @@ def generate(num_identities: int = 60, images_per_identity: int = 10, image_size
   for person in range(num_identities):
     rng = np.random.default_rng([seed, person])
     p = _person_params(rng)
-    tex = _texture(rng, image_size)
+    tex = person_texture(rng, image_size)
     people.append(p)
     for k in range(images_per_identity):
       age = int(np.clip(p["base_age"] + rng.integers(-1, 2), 0, 7))

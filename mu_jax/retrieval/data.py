@@ -111,15 +111,6 @@ def _person(rng: np.random.Generator) -> dict[str, Any]:
           "age": rng.uniform(1.0, 6.0)}
 
 
-def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
-  """A person's fixed skin pattern [size, size, 3]: square cells (``size // 2`` a side, at least
-  two) of random sign per cell and channel, the pattern the synthetic faces use."""
-  cells = max(2, size // 2)
-  signs = rng.choice([-1.0, 1.0], size=(cells, cells, 3))
-  side = -(-size // cells)
-  return np.repeat(np.repeat(signs, side, 0), side, 1)[:size, :size]
-
-
 # Per-image geometry jitter (half-widths, in face-relative units) at nuisance 1.
 _GEOMETRY_JITTER = {"face_w": 0.03, "face_h": 0.03, "eye_dx": 0.02, "eye_y": 0.02, "mouth_w": 0.02,
                     "nose": 0.01}
@@ -150,7 +141,7 @@ def synthetic_identity_images(num_identities: int, images_per_identity: int, ima
   for k in range(num_identities):
     rng = np.random.default_rng([seed, 20_000 + k])
     p = _person(rng)
-    texture = _texture(rng, image_size) * texture_gain
+    texture = synthetic.person_texture(rng, image_size) * texture_gain
     for j in range(images_per_identity):
       q = dict(p, bg=rng.uniform(0.1, 0.9, 3))
       cast = rng.uniform(1 - 0.25 * nuisance, 1 + 0.25 * nuisance, 3)
