@@ -1,7 +1,6 @@
 """mu_jax's BatchNorm against torch's, and its masked (padded-batch) statistics over devices."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch

@@ -185,7 +185,6 @@ def test_retrieval_stages_follow_the_same_identity_rule(tmp_path):
 def test_a_retrieval_method_killed_after_a_checkpoint_resumes_to_the_uninterrupted_model(
     tmp_path, monkeypatch):
   import shutil
-  from mu_jax.retrieval import methods as rmethods  # noqa: F401  (the registry the config fills)
   cfg = _retrieval_config(epochs=2)
   wd, ref_wd = str(tmp_path / "wd"), str(tmp_path / "ref")
   exp = experiment.Experiment.create(cfg, wd, task="retrieval", methods="gradient_ascent")

@@ -10,7 +10,6 @@ import pytest
 
 from mu_jax import methods, parallel
 from mu_jax.data import pipeline
-from mu_jax.methods import common
 from tests import helpers
 
 # mu_jax.methods binds each factory over its module's name; the modules come from importlib.

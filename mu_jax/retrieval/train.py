@@ -19,7 +19,6 @@ import optax
 from jax import lax
 
 from mu_jax import parallel
-from mu_jax.data import pipeline
 from mu_jax.data.splits import Examples
 from mu_jax.retrieval import evaluate as retrieval_eval
 from mu_jax.retrieval import model as model_lib
