@@ -4,7 +4,9 @@
 (:func:`mu_jax.runtime.configure_cpu`) before anything starts XLA, starts ``jax.distributed`` when
 ``--distributed`` is given (one process per host, the same command on each; arguments
 auto-detected on TPU pods and SLURM, else ``--coordinator_address``, ``--num_processes`` and
-``--process_id``), logs warnings and errors only
+``--process_id``), keeps compiled programs in JAX's persistent cache for the next run
+(:func:`mu_jax.runtime.enable_compilation_cache`; ``--nocompilation_cache`` turns it off), logs
+warnings and errors only
 unless ``--verbosity`` asks for more (``--verbosity=0`` brings back INFO lines, orbax's included),
 and turns the errors a user can fix (bad data, a workdir of another config, an unknown method or
 hyperparameter, an unservable request) into one line on stderr and exit status 2, with nothing
@@ -31,6 +33,8 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "With --distribu
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --distributed: how many "
                                       "processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
+_CACHE = flags.DEFINE_bool("compilation_cache", True, "Keep compiled XLA programs in "
+                           "$XDG_CACHE_HOME/mu_jax/jax (~/.cache/mu_jax/jax) for later runs.")
 
 
 def run(main: Callable[[list[str]], None]) -> None:
@@ -40,6 +44,8 @@ def run(main: Callable[[list[str]], None]) -> None:
     if not flags.FLAGS["verbosity"].present:  # --verbosity on the command line wins
       logging.set_verbosity(logging.WARNING)
     runtime.configure_cpu()
+    if _CACHE.value:
+      runtime.enable_compilation_cache()
     if _DISTRIBUTED.value:
       parallel.init_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     elif any(f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)):

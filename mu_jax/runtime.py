@@ -41,6 +41,7 @@ import ctypes
 import glob
 import mmap
 import os
+import pathlib
 import platform
 
 ENV_SWITCH = "MU_JAX_CPU_TUNING"
@@ -149,6 +150,43 @@ def keep_freed_memory() -> bool:
 
 
 CONFIGURED = False
+CACHE_ENV = "MU_JAX_CACHE_DIR"
+
+
+def cache_dir() -> pathlib.Path:
+  """mu_jax's cache: ``$MU_JAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/mu_jax`` (``~/.cache/mu_jax``).
+
+  It holds the native kernels' builds and, for the experiment scripts, JAX's persistent
+  compilation cache (``jax/``); deleting the folder clears both.
+  """
+  if os.environ.get(CACHE_ENV):
+    return pathlib.Path(os.environ[CACHE_ENV])
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return pathlib.Path(base) / "mu_jax"
+
+
+def enable_compilation_cache(directory: str | os.PathLike[str] | None = None) -> str:
+  """Keeps compiled XLA programs on disk, so a later process loads them instead of compiling.
+
+  Short CPU compiles are cached too (JAX's default skips those under a second). A cache directory
+  already chosen in this process (``JAX_COMPILATION_CACHE_DIR`` or ``jax.config``) is kept.
+
+  Args:
+    directory: where; default ``cache_dir() / "jax"``.
+
+  Returns:
+    The directory in use.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  current = jax.config.jax_compilation_cache_dir
+  if current:
+    return str(current)
+  path = str(directory or cache_dir() / "jax")
+  os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return path
 
 
 def configure_cpu() -> dict[str, bool]:

@@ -58,8 +58,11 @@ def _run(code: str, **env_changes: str | None) -> dict:
   return json.loads(out.strip().splitlines()[-1])
 
 
+# The libraries mu_jax imports set variables of their own on import (jax: TF_CPP_MIN_LOG_LEVEL,
+# scikit-learn: KMP_*); they are imported first, so that the comparison sees mu_jax's own effect.
 _IMPORT_ONLY = """
 import json, os
+import jax, sklearn, orbax.checkpoint, flax, optax  # noqa: F401
 before = dict(os.environ)
 import mu_jax, mu_jax.methods, mu_jax.models, mu_jax.experiment, mu_jax.retrieval.methods
 from mu_jax.models import layers
@@ -149,3 +152,26 @@ def test_this_test_process_was_configured_as_the_scripts_are():
     pytest.skip(f"{runtime.ENV_SWITCH} switches the tuning off in this environment")
   assert runtime.EIGEN_CONVOLUTIONS
   assert runtime.EIGEN_CONV_FLAG in os.environ["XLA_FLAGS"].split()
+
+
+_CACHED = """
+import json, os, sys
+from mu_jax import runtime
+path = runtime.enable_compilation_cache(sys.argv[1] if len(sys.argv) > 1 else None)
+import jax, jax.numpy as jnp
+jax.jit(lambda a: jnp.tanh(a @ a.T).sum())(jnp.ones((64, 32))).block_until_ready()
+print(json.dumps({"path": path, "files": sorted(os.listdir(path))}))
+"""
+
+
+def test_the_compilation_cache_keeps_programs_for_the_next_process(tmp_path):
+  first = _run(_CACHED, XDG_CACHE_HOME=str(tmp_path), MU_JAX_CACHE_DIR=None,
+               JAX_COMPILATION_CACHE_DIR=None)
+  assert first["path"] == str(tmp_path / "mu_jax" / "jax") and first["files"]
+  # The next process finds the same program there and adds nothing.
+  again = _run(_CACHED, XDG_CACHE_HOME=str(tmp_path), MU_JAX_CACHE_DIR=None,
+               JAX_COMPILATION_CACHE_DIR=None)
+  assert again["files"] == first["files"]
+  # A cache the user chose is kept, with the user's settings (JAX's own thresholds).
+  own = _run(_CACHED, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "own"))
+  assert own["path"] == str(tmp_path / "own")

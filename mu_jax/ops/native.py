@@ -64,11 +64,9 @@ def enabled() -> bool:
 
 
 def cache_dir() -> pathlib.Path:
-  """Where built libraries are kept: ``$MU_JAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/mu_jax``."""
-  if os.environ.get(CACHE_ENV):
-    return pathlib.Path(os.environ[CACHE_ENV])
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return pathlib.Path(base) / "mu_jax"
+  """Where built libraries are kept: :func:`mu_jax.runtime.cache_dir`."""
+  from mu_jax import runtime  # pylint: disable=import-outside-toplevel
+  return runtime.cache_dir()
 
 
 def _compiler() -> str:
