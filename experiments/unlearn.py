@@ -14,7 +14,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from mu_jax import cli
-from mu_jax.experiment import Experiment, quick_summary
+from mu_jax.experiment import Experiment
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The workdir holding the original model.")
@@ -29,11 +29,10 @@ def main(argv):
   exp = Experiment.create(_CONFIG.value, _WORKDIR.value, methods=_METHOD.value)
   for method in exp.selected:
     rec = exp.unlearn_stage(method)
-    st = exp.method_stage(method)
-    s = quick_summary(exp.task.outputs(exp, st), exp.dataset.task)
+    s = rec["evaluation"]  # computed when the stage finished, kept in its done.json
     print(f"{method.name}: forget {s['forget_acc']:.4f} retain {s['retain_acc']:.4f} "
           f"test {s['test_acc']:.4f} attack {s['mia_attack_acc']:.4f} wall {rec['wall_s']:.1f} s "
-          f"-> {st.rel}" + (f"  ({rec['message']})" if rec.get("halted") else ""))
+          f"-> {rec['stage']}" + (f"  ({rec['message']})" if rec.get("halted") else ""))
 
 
 if __name__ == "__main__":

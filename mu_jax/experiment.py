@@ -29,6 +29,7 @@ Layout (``docs/workdir.md`` has the full contract)::
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import hashlib
 import json
@@ -274,7 +275,7 @@ def train_config(cfg: Mapping[str, Any], stage: str) -> fitlib.TrainConfig:
 
 # ------------------------------------------------------------------------------------ tasks
 
-class Task:
+class Task(abc.ABC):
   """What differs between the classification and the retrieval pipelines.
 
   A task reads the data, builds the model, trains it, names its methods and evaluates a model into
@@ -282,46 +283,47 @@ class Task:
   """
 
   name = "task"
-  table = "classification"
   registry: method_registry.Registry
   group = ""
 
+  @abc.abstractmethod
   def load(self, cfg: Mapping[str, Any]) -> Any:
-    raise NotImplementedError
+    """Reads the data a config's ``data`` section names."""
 
+  @abc.abstractmethod
   def dataset(self, data: Any) -> FaceDataset:
     """The FaceDataset behind ``data`` (its manifest is the workdir's)."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def build_model(self, cfg: Mapping[str, Any], data: Any) -> Any:
-    raise NotImplementedError
+    """The flax module of a config's ``model`` section."""
 
+  @abc.abstractmethod
   def train_examples(self, data: Any, stage: str) -> Examples:
     """The examples the ``original`` or ``retrained`` model trains on."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def fit(self, exp: "Experiment", stage: str, stage_dir: str, progress: bool,
           **fit_kwargs) -> fitlib.FitResult:
-    raise NotImplementedError
+    """Trains (or resumes) ``original`` or ``retrained`` in ``stage_dir``."""
 
+  @abc.abstractmethod
   def unlearning_data(self, data: Any) -> Any:
     """What :func:`mu_jax.methods.run_detailed` is given (its ``retain``/``forget``/... splits)."""
-    raise NotImplementedError
 
   def run_config(self, exp: "Experiment") -> dict[str, Any]:
     """Task-specific :class:`~mu_jax.methods.RunConfig` fields."""
     return {}
 
-  def evaluate(self, exp: "Experiment", stage: Stage, state: TrainState) -> tuple[dict[str, Any], Any]:
-    """(row of metrics, per-example outputs) of a model; writes the outputs into the stage."""
-    raise NotImplementedError
+  @abc.abstractmethod
+  def evaluate(self, exp: "Experiment", stage: Stage, state: TrainState) -> dict[str, Any]:
+    """The row of metrics of a model; writes its per-example outputs into the stage."""
 
 
 class ClassificationTask(Task):
   """Face attribute classification (MUFAC, MUCAC, synthetic, identity folders)."""
 
   name = "classification"
-  table = "classification"
   registry = method_registry.METHODS
 
   def load(self, cfg):
@@ -369,14 +371,13 @@ class ClassificationTask(Task):
     return out
 
   def evaluate(self, exp, stage, state):
-    return quick_summary(self.outputs(exp, stage, state), exp.data.task), None
+    return quick_summary(self.outputs(exp, stage, state), exp.data.task)
 
 
 class RetrievalTask(Task):
   """Face retrieval: embedding models with a margin head, forgetting persons."""
 
   name = "retrieval"
-  table = "retrieval"
   group = "retrieval"
 
   @property
@@ -418,7 +419,7 @@ class RetrievalTask(Task):
     row = reval.evaluate_state(state, exp.data.train, exp.data.forget_identities, exp.data.heldout,
                                seed=exp.config["eval"]["seed"], batch_size=exp.eval_batch_size,
                                outputs_dir=stage.outputs_dir if parallel.is_primary() else None)
-    return row, None
+    return row
 
 
 TASKS = {"classification": ClassificationTask, "retrieval": RetrievalTask}
@@ -699,7 +700,7 @@ class Experiment:
     final = checkpoints.Checkpointer(os.path.join(st.dir, "final"), max_to_keep=1)
     final.save(0, {"params": result.state.params, "batch_stats": result.state.batch_stats})
     final.close()
-    summary, _ = self.task.evaluate(self, st, result.state)
+    summary = self.task.evaluate(self, st, result.state)
     record = st.finish({"method": method.name, "hparams": method.hparams, **stage_cost(st.dir),
                         "halted": result.halted, "message": result.message,
                         "evaluation": summary})

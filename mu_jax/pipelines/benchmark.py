@@ -86,7 +86,7 @@ def run_seed(config: dict[str, Any], workdir: str, methods: str | Sequence[str],
     rec = exp.unlearn_stage(method)
     st = exp.method_stage(method)
     stages.append(st)
-    s = engine.quick_summary(exp.task.outputs(exp, st), exp.dataset.task)
+    s = rec["evaluation"]
     log(f"{method.name:>16}: forget {s['forget_acc']:.3f} retain {s['retain_acc']:.3f} "
         f"test {s['test_acc']:.3f} attack {s['mia_attack_acc']:.3f} "
         f"{rec['wall_s']:6.1f} s ({time.time() - t:.1f} s this call)"

@@ -52,7 +52,7 @@ def run_retrieval(config: Any, workdir: str, methods: str | Sequence[str] | None
   for name in engine.TRAINED:
     rec = exp.train_stage(name, progress=progress)
     st = exp.trained_stage(name)
-    row, _ = exp.task.evaluate(exp, st, exp.load_state(st))
+    row = exp.task.evaluate(exp, st, exp.load_state(st))
     rows.append({"model": name, "stage": st.rel, **row, "wall_s": rec["wall_s"],
                  "examples": rec["examples"]})
     stages.append(st)
