@@ -83,6 +83,21 @@ COLUMNS: tuple[Column, ...] = (
            doc="share of forget examples where the top-1 class equals the retrained model's"),
     Column("param_l2_to_retrained", "ℓ2 param distance to retrained", "lower",
            doc="ℓ2 norm of the parameter difference to the retrained model"),
+    Column("tow", "ToW (tug of war)", "higher",
+           doc="product over forget, retain and test of 1 − abs(accuracy − the retrained model's)"),
+    # Populations of models (mu_jax.evaluation.population).
+    Column("forget_score", "Forget score F (NeurIPS 2023)", "higher",
+           doc="mean over forget examples of 2^−k, k the bucket of ε between unlearned and "
+               "retrained populations"),
+    Column("neurips_score", "NeurIPS 2023 final score", "higher",
+           doc="F · retain acc / retrained retain acc · test acc / retrained test acc"),
+    Column("ulira_auc", "U-LiRA AUROC (persons)", "retrained",
+           doc="identity-level U-LiRA: AUROC of unlearned vs never-trained persons, mean over "
+               "target members"),
+    Column("ulira_acc", "U-LiRA accuracy (persons)", "retrained",
+           doc="identity-level U-LiRA: accuracy of the likelihood-ratio test on balanced persons"),
+    Column("ulira_tpr_at_1pct_fpr", "U-LiRA TPR @ 1% FPR (images)", "retrained",
+           doc="identity-level U-LiRA: true-positive rate at 1% false positives over images"),
     # Retrieval (docs/metrics.md).
     Column("forget_map", "forget mAP", "retrained", tables=R,
            doc="mean average precision of the forgotten persons' images as queries"),

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mu_jax import checkpoints
-from mu_jax.evaluation import attacks, columns, distances, metrics, mia
+from mu_jax.evaluation import attacks, columns, distances, metrics, mia, population
 
 Outputs = Mapping[str, Mapping[str, np.ndarray]]
 
@@ -40,7 +40,7 @@ def model_row(name: str, outputs: Outputs, task: str, *, retrained: Outputs | No
     name: the row's ``model`` (original, retrained, a method's registry name, sisa).
     outputs: {split: {"logits", "loss", "label", ...}} for train/retain/forget/test/unseen.
     task: "multiclass" or "multilabel".
-    retrained: the retrained model's outputs, for the distances (None: distances are omitted).
+    retrained: the retrained model's outputs, for the distances and ToW (None: they are omitted).
     params, retrained_params: parameter trees for the ℓ2 distance (optional).
     nomus_lambda: NoMUS weight of test accuracy.
     n_bootstrap: bootstrap replicates of the attack intervals.
@@ -76,6 +76,10 @@ def model_row(name: str, outputs: Outputs, task: str, *, retrained: Outputs | No
                                           outputs["forget"]["label"], features=("confidence", "m_entropy"))
     row["svc_mia_confidence"], row["svc_mia_m_entropy"] = svc["confidence"], svc["m_entropy"]
   if retrained is not None:
+    splits = ("forget", "retain", "test")
+    if all(s in outputs and s in retrained for s in splits):
+      row["tow"] = population.tow(*(row[f"{s}_acc"] for s in splits),
+                                  *(_accuracy(retrained[s], task) for s in splits))
     for s in ("forget", "test"):
       row[f"kl_to_retrained_{s}"] = distances.kl_divergence(outputs[s]["logits"], retrained[s]["logits"], task)
       row[f"js_to_retrained_{s}"] = distances.js_divergence(outputs[s]["logits"], retrained[s]["logits"], task)
