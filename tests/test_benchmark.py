@@ -32,7 +32,7 @@ def test_benchmark_writes_every_result_file(finished):
   assert [r["model"] for r in data["rows"]] == ["original", "retrained", "finetune", "neggrad"]
   for key in ("test_acc", "test_top2_acc", "forget_acc", "retain_acc", "unseen_acc", "mia_attack_acc",
               "mia_forgetting_score", "nomus", "mia_auroc", "mia_tpr_at_1pct_fpr",
-              "kl_to_retrained_forget", "js_to_retrained_forget", "wall_s", "examples", "cost_vs_retrain"):
+              "kl_to_retrained_forget", "js_to_retrained_forget", "tow", "wall_s", "examples", "cost_vs_retrain"):
     assert all(key in r for r in data["rows"]), key
   stages = [r["stage"] for r in data["rows"]]
   assert [s.rsplit("-", 1)[0] for s in stages] == ["original", "retrained", "unlearned/finetune",

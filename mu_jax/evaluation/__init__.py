@@ -1,7 +1,7 @@
 """Evaluation on the host: accuracies, membership-inference attacks, distances to the retrained model.
 
 Everything here reads per-example outputs (logits, losses, labels) that the device code saved, and
-uses numpy, scipy and scikit-learn only.
+uses numpy, scipy and scikit-learn only; ``population`` holds the statistics over many models.
 """
 
 from mu_jax.evaluation.attacks import (
@@ -33,22 +33,36 @@ from mu_jax.evaluation.metrics import (
     topk_accuracy,
 )
 from mu_jax.evaluation.mia import nomus, reference_mia
+from mu_jax.evaluation.population import (
+    example_epsilon,
+    forget_score,
+    logit_scaled_confidence,
+    neurips_score,
+    retrained_ceiling,
+    tow,
+    ulira,
+)
 
 __all__ = [
     "SVC_FEATURES",
     "auroc",
+    "example_epsilon",
+    "forget_score",
     "js_divergence",
     "kl_divergence",
     "log_sigmoid",
     "log_softmax",
+    "logit_scaled_confidence",
     "loss_attack",
     "modified_entropy",
     "multilabel_accuracy",
+    "neurips_score",
     "nomus",
     "param_l2_distance",
     "per_example_loss",
     "probabilities",
     "reference_mia",
+    "retrained_ceiling",
     "roc_curve_scores",
     "sigmoid",
     "softmax",
@@ -58,5 +72,7 @@ __all__ = [
     "svc_mia_forget_efficacy",
     "top1_agreement",
     "topk_accuracy",
+    "tow",
     "tpr_at_fpr",
+    "ulira",
 ]
