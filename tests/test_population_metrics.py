@@ -278,16 +278,29 @@ def test_ulira_balances_and_uses_global_variance_on_request():
   glob = population.ulira(confs, unlearned, person, variance="global", n_bootstrap=0)
   assert per_image["ulira_auc"] > 0.8 and glob["ulira_auc"] > 0.8
   assert not np.allclose(per_image["log_ratios"], glob["log_ratios"])
-  # Balanced: target 0's accuracy is over 3 + 3 persons, a multiple of 1/6 (halves count 1/2).
-  assert (per_image["per_target_acc"][0] * 12) % 1 == 0
+  # Balanced: target 0 is scored on its 3 unlearned persons and 3 of its 9 never-trained ones.
+  assert per_image["per_target_units"][0] == 6 and np.all(per_image["per_target_units"][1:] == 12)
 
 
-def test_ulira_refuses_too_few_shadows_and_bad_masks():
+def test_ulira_leaves_out_pairs_with_too_few_shadows_and_refuses_bad_masks():
   rng = np.random.default_rng(9)
-  confs, unlearned, person = _population(6, 4, 1, 1.0, rng)
-  unlearned[:, 0] = [1, 1, 0, 0, 0, 0]
-  with pytest.raises(ValueError, match="target member 0.*group 0.*at least 2"):
-    population.ulira(confs, unlearned, person)
+  confs, _, person = _population(8, 5, 2, 1.0, rng)
+  unlearned = np.array([[1, 1, 0, 1, 0], [1, 1, 0, 1, 0], [0, 1, 1, 0, 1], [0, 0, 1, 1, 1],
+                        [0, 1, 0, 0, 1], [0, 0, 1, 1, 0], [0, 0, 1, 0, 1], [0, 0, 0, 0, 0]])
+  # Person 0 was unlearned by members 0 and 1 only: as targets, each has one such shadow.
+  got = population.ulira(confs, unlearned, person, n_bootstrap=0)
+  ratios = got["log_ratios"]
+  assert np.all(np.isnan(ratios[:2, person == 0])) and not np.any(np.isnan(ratios[2:]))
+  assert got["ulira_pairs_left_out"] == 4 and np.isfinite(got["ulira_auc"])
+  # Person 0 is not scored for targets 0 and 1: their AUROC is over the other persons only.
+  t, per_person = 1, [np.nanmean(ratios[1, person == p]) for p in (1, 2, 3, 4)]
+  side = unlearned[t, 1:] == 1  # persons 1 and 3 unlearned, 2 and 4 never trained: balanced
+  want = population.attacks.auroc(np.array(per_person)[side], np.array(per_person)[~side])
+  assert got["per_target_auc"][t] == pytest.approx(want)
+  glob = population.ulira_log_ratios(confs, unlearned, person, variance="global")
+  assert np.array_equal(np.isnan(glob), np.isnan(ratios))
+  with pytest.raises(ValueError, match="no \\(target member, image\\) pair"):
+    population.ulira(confs, np.ones_like(unlearned), person)
   with pytest.raises(ValueError, match="0 \\(never trained\\) and 1"):
     population.ulira(confs, unlearned * 2, person)
   with pytest.raises(ValueError, match="column indices"):

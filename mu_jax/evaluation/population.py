@@ -393,7 +393,8 @@ def _gaussian_logpdf(x: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.nda
   return -0.5 * (np.log(2 * np.pi * var) + (x - mean) ** 2 / var)
 
 
-def ulira_log_ratios(confs, unlearned, groups, *, variance: str = "per_image") -> np.ndarray:
+def ulira_log_ratios(confs, unlearned, groups, *, variance: str = "per_image",
+                     min_shadows: int = 2) -> np.ndarray:
   """Per image and target member, the log likelihood ratio "unlearned" vs "never trained".
 
   Leave-one-out, as in U-LiRA: each member in turn is the target and all others are its shadows.
@@ -409,9 +410,12 @@ def ulira_log_ratios(confs, unlearned, groups, *, variance: str = "per_image") -
     variance: "per_image" (a variance per image and side, LiRA's online attack) or "global" (per
       target and side, the mean of the per-image variances; steadier with few shadows, as Carlini et
       al. advise for fewer than 64 shadow models).
+    min_shadows: the fewest shadows a side may have for a fit. With random halves some person is
+      now and then unlearned by very few members; the pairs (target, image) it leaves short are
+      given nan and left out of every statistic instead of stopping the evaluation.
 
   Returns:
-    [M, I] log ratios (> 0: more likely unlearned).
+    [M, I] log ratios (> 0: more likely unlearned); nan where a side has fewer than ``min_shadows``.
   """
   x = _confidence_matrix(confs, "confs")
   m, n_images = x.shape
@@ -427,20 +431,24 @@ def ulira_log_ratios(confs, unlearned, groups, *, variance: str = "per_image") -
     raise ValueError(f"groups must be integer column indices of unlearned, in [0, {u.shape[1]})")
   if variance not in ("per_image", "global"):
     raise ValueError(f"variance must be 'per_image' or 'global', got {variance!r}")
+  if min_shadows < 2:
+    raise ValueError(f"min_shadows must be at least 2 (a variance needs two values), got {min_shadows}")
   member_in = u[:, g].astype(bool)
   mean_in, var_in, n_in = _loo_gaussians(x, member_in)
   mean_out, var_out, n_out = _loo_gaussians(x, ~member_in)
-  short = (n_in < 2) | (n_out < 2)
-  if np.any(short):
-    t, i = np.argwhere(short)[0]
-    raise ValueError(f"target member {t}, image {i} (group {g[i]}): its shadows hold "
-                     f"{int(n_in[t, i])} that unlearned the group and {int(n_out[t, i])} that never "
-                     f"trained on it; each side needs at least 2")
+  short = (n_in < min_shadows) | (n_out < min_shadows)
+  if np.all(short):
+    raise ValueError(f"no (target member, image) pair has {min_shadows} shadows on each side: every "
+                     f"group is unlearned by too few or too many of the {m} members")
   if variance == "global":
-    var_in = np.broadcast_to(var_in.mean(axis=1, keepdims=True), var_in.shape)
-    var_out = np.broadcast_to(var_out.mean(axis=1, keepdims=True), var_out.shape)
+    # One variance per target and side: the mean over the target's images that have a fit.
+    kept = np.maximum((~short).sum(axis=1, keepdims=True), 1)
+    for v in (var_in, var_out):
+      v[:] = np.where(short, 0.0, v).sum(axis=1, keepdims=True) / kept
   var_in, var_out = np.maximum(var_in, _MIN_VARIANCE), np.maximum(var_out, _MIN_VARIANCE)
-  return _gaussian_logpdf(x, mean_in, var_in) - _gaussian_logpdf(x, mean_out, var_out)
+  with np.errstate(invalid="ignore"):
+    ratios = _gaussian_logpdf(x, mean_in, var_in) - _gaussian_logpdf(x, mean_out, var_out)
+  return np.where(short, np.nan, ratios)
 
 
 def _balanced(members: np.ndarray, nonmembers: np.ndarray, rng: np.random.Generator):
@@ -450,7 +458,8 @@ def _balanced(members: np.ndarray, nonmembers: np.ndarray, rng: np.random.Genera
 
 
 def ulira(confs, unlearned, persons, *, example_level: bool = False, variance: str = "per_image",
-          fprs: Sequence[float] = (0.01, 0.05), n_bootstrap: int = 200, seed: int = 0) -> dict[str, Any]:
+          min_shadows: int = 2, fprs: Sequence[float] = (0.01, 0.05), n_bootstrap: int = 200,
+          seed: int = 0) -> dict[str, Any]:
   """Identity-level U-LiRA (mu_jax's adaptation of Hayes et al., arXiv 2403.01218, to persons).
 
   For each target member t (leave-one-out, :func:`ulira_log_ratios`), the score of a pool person is
@@ -475,6 +484,7 @@ def ulira(confs, unlearned, persons, *, example_level: bool = False, variance: s
     persons: [I] the person (column of ``unlearned``) of each image; ignored with ``example_level``.
     example_level: the paper's unit: each image is its own unit (its own column of ``unlearned``).
     variance: "per_image" or "global" (:func:`ulira_log_ratios`).
+    min_shadows: the fewest shadows per side (:func:`ulira_log_ratios`).
     fprs: false-positive rates for the image-level TPR; each gives ``ulira_tpr_at_{100·fpr:g}pct_fpr``.
     n_bootstrap: bootstrap replicates over targets (0: no interval).
     seed: seed of the balancing and the bootstrap.
@@ -482,29 +492,37 @@ def ulira(confs, unlearned, persons, *, example_level: bool = False, variance: s
   Returns:
     ``{"ulira_acc", "ulira_auc", their "_ci_low"/"_ci_high", "ulira_tpr_at_1pct_fpr",
     "ulira_tpr_at_5pct_fpr", "ulira_targets" (targets with both kinds of unit), "ulira_level"
-    ("person" or "example"), "per_target_acc", "per_target_auc", "log_ratios" [M, I]}``.
+    ("person" or "example"), "ulira_pairs_left_out" ((target, image) pairs with too few shadows,
+    :func:`ulira_log_ratios`), "per_target_acc", "per_target_auc", "per_target_units" (units scored
+    after balancing), "log_ratios" [M, I]}``.
   """
   x = _confidence_matrix(confs, "confs")
   groups = np.arange(x.shape[1]) if example_level else np.asarray(persons)
-  ratios = ulira_log_ratios(x, unlearned, groups, variance=variance)
+  ratios = ulira_log_ratios(x, unlearned, groups, variance=variance, min_shadows=min_shadows)
   u = np.asarray(unlearned).astype(bool)
   n_groups = u.shape[1]
   counts = np.bincount(groups, minlength=n_groups)
   if np.any(counts == 0):
     raise ValueError(f"unit {int(np.argmin(counts))} of unlearned has no image; every column needs "
                      f"at least one image")
-  # Mean log ratio per (target, unit): a sum over each unit's images, divided by its image count.
-  unit_scores = np.stack([np.bincount(groups, weights=row, minlength=n_groups) for row in ratios])
-  unit_scores /= counts
+  # Mean log ratio per (target, unit) over the images that have a ratio; nan where none has.
+  valid = ~np.isnan(ratios)
+  sums = np.stack([np.bincount(groups, weights=row, minlength=n_groups)
+                   for row in np.where(valid, ratios, 0.0)])
+  used = np.stack([np.bincount(groups, weights=row, minlength=n_groups) for row in valid * 1.0])
+  with np.errstate(invalid="ignore"):
+    unit_scores = sums / used
   rng = np.random.default_rng(seed)
-  accs, aucs = [], []
+  accs, aucs, units = [], [], []
   for t in range(u.shape[0]):
-    pos, neg = unit_scores[t, u[t]], unit_scores[t, ~u[t]]
+    scored = used[t] > 0
+    pos, neg = unit_scores[t, u[t] & scored], unit_scores[t, ~u[t] & scored]
     if len(pos) == 0 or len(neg) == 0:
       continue
     pos, neg = _balanced(pos, neg, rng)
     correct = np.sum(pos > 0) + np.sum(neg < 0) + 0.5 * (np.sum(pos == 0) + np.sum(neg == 0))
     accs.append(correct / (len(pos) + len(neg)))
+    units.append(len(pos) + len(neg))
     aucs.append(attacks.auroc(pos, neg))
   if not accs:
     raise ValueError("no target member has both unlearned and never-trained units")
@@ -517,10 +535,11 @@ def ulira(confs, unlearned, persons, *, example_level: bool = False, variance: s
       out[f"{key}_ci_low"], out[f"{key}_ci_high"] = float(low), float(high)
   member_in = u[:, groups]
   for f in fprs:
-    out[f"ulira_tpr_at_{f * 100:g}pct_fpr"] = attacks.tpr_at_fpr(ratios[member_in],
-                                                                 ratios[~member_in], f)
+    out[f"ulira_tpr_at_{f * 100:g}pct_fpr"] = attacks.tpr_at_fpr(ratios[member_in & valid],
+                                                                 ratios[~member_in & valid], f)
   out.update(ulira_targets=len(accs), ulira_level="example" if example_level else "person",
-             per_target_acc=accs, per_target_auc=aucs, log_ratios=ratios)
+             ulira_pairs_left_out=int(np.sum(~valid)), per_target_acc=accs, per_target_auc=aucs,
+             per_target_units=np.asarray(units), log_ratios=ratios)
   return out
 
 
