@@ -106,12 +106,12 @@ def test_epsilon_of_two_shifted_samples_is_log_three():
 
 
 def test_double_threshold_catches_a_sample_inside_the_other():
-  # Unlearned lies between the retrained models' values: no single threshold separates them (its
-  # best is FPR = 1/2, FNR = 1/4: log 2), but the interval [2.0, 2.3] holds every unlearned model and
-  # no retrained one: FPR = FNR = 0, ε = ∞, capped at 50.
+  # Unlearned lies between the retrained models' values: no single threshold separates them (the
+  # best is FPR = 1/2, FNR = 1/4: log 2), but the interval [2.0, 2.3] holds every unlearned model
+  # and no retrained one: FPR = FNR = 0, ε = ∞, capped at 50.
   assert population.example_epsilon([2.0, 2.1, 2.2, 2.3], [0.0, 1.0, 3.0, 4.0]) == 50.0
-  # One retrained model (2.05) inside the unlearned range: single thresholds give ε = 0 (every rule
-  # with both rates positive has 1 − δ − FPR ≤ FNR); the intervals [2.0, 2.2] or [2.05, 2.3] give
+  # One retrained model (2.05) inside the unlearned range: single thresholds give ε = 0 (no rule
+  # with both rates positive does better than chance); the intervals [2.0, 2.2] or [2.05, 2.3] give
   # FPR = FNR = 1/4, so ε = log(3 − 4δ), found by the double-threshold rule alone.
   eps = population.example_epsilon([2.0, 2.1, 2.2, 2.3], [0.0, 2.05, 3.0, 4.0])
   assert eps == pytest.approx(math.log(3 - 4 * DELTA), rel=1e-12)
@@ -218,7 +218,8 @@ def test_log_ratio_is_the_gaussian_ratio_of_the_other_members():
     side = unlearned[:, person[i]].astype(bool)
     mu_in, sd_in = stats.norm.fit(confs[shadows & side, i])
     mu_out, sd_out = stats.norm.fit(confs[shadows & ~side, i])
-    want = stats.norm.logpdf(confs[t, i], mu_in, sd_in) - stats.norm.logpdf(confs[t, i], mu_out, sd_out)
+    want = (stats.norm.logpdf(confs[t, i], mu_in, sd_in)
+            - stats.norm.logpdf(confs[t, i], mu_out, sd_out))
     assert ratios[t, i] == pytest.approx(want, rel=1e-9, abs=1e-9)
 
 
@@ -228,7 +229,8 @@ def test_log_ratio_recovers_the_known_gaussians():
   rng = np.random.default_rng(5)
   members = 20000
   unlearned = (np.arange(members) % 2)[:, None]
-  confs = np.where(unlearned == 1, rng.normal(1, 0.5, (members, 1)), rng.normal(-1, 1, (members, 1)))
+  confs = np.where(unlearned == 1, rng.normal(1, 0.5, (members, 1)),
+                   rng.normal(-1, 1, (members, 1)))
   ratios = population.ulira_log_ratios(confs, unlearned, np.array([0]))[:, 0]
   true = stats.norm.logpdf(confs[:, 0], 1, 0.5) - stats.norm.logpdf(confs[:, 0], -1, 1)
   typical = np.abs(confs[:, 0]) < 3
@@ -337,7 +339,8 @@ def test_report_rows_carry_tow_against_the_retrained_model():
   model = _outputs({"forget": 0.9, "retain": 0.95, "test": 0.7, "unseen": 0.5})
   row = report.model_row("m", model, "multiclass", retrained=retrained, n_bootstrap=0)
   assert row["tow"] == pytest.approx((1 - 0.4) * (1 - 0.05) * (1 - 0.05))
-  assert report.model_row("r", retrained, "multiclass", retrained=retrained, n_bootstrap=0)["tow"] == 1.0
+  same = report.model_row("r", retrained, "multiclass", retrained=retrained, n_bootstrap=0)
+  assert same["tow"] == 1.0
   assert "tow" not in report.model_row("m", model, "multiclass", n_bootstrap=0)
 
 

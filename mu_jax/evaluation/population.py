@@ -6,9 +6,9 @@ run on the host in numpy and scipy, like every other evaluation in mu_jax; train
 is not done here. Columns: ``docs/metrics.md``.
 
 **Logit-scaled confidence** (:func:`logit_scaled_confidence`): φ = log p_y − log(1 − p_y), the
-statistic both attacks below read. For a class task it equals z_y − logsumexp_{j≠y} z_j exactly, so it
-is computed that way in float64 and stays finite for any finite logits; for a multi-label head it is
-the attribute's logit, signed by its label (log σ(z) − log σ(−z) = z).
+statistic both attacks below read. For a class task it equals z_y − logsumexp_{j≠y} z_j exactly,
+so it is computed that way in float64 and stays finite for any finite logits; for a multi-label head
+it is the attribute's logit, signed by its label (log σ(z) − log σ(−z) = z).
 
 **The NeurIPS 2023 machine unlearning competition score** (Triantafillou et al., "Are we making
 progress in unlearning? Findings from the first NeurIPS unlearning competition", arXiv 2406.09073;
@@ -29,8 +29,8 @@ Evaluations to Avoid a False Sense of Privacy", arXiv 2403.01218), which itself 
 2112.03570). Each member of a population trained on a random half of a pool of persons and then
 unlearned, with the method under test, the pool persons it trained on; the attack asks, for a target
 model and a person, "was this person unlearned, or never trained on?". The paper's unit is an
-example; here it is a person (the per-image likelihood ratios are averaged over the person's images),
-and the example-level form is a flag. This adaptation is mu_jax's, not the paper's.
+example; here it is a person (the per-image likelihood ratios are averaged over the person's
+images), and the example-level form is a flag. This adaptation is mu_jax's, not the paper's.
 
 **Tug of war** (:func:`tow`; Zhao, Kurmanji, Bărbulescu, Triantafillou, Triantafillou, "What makes
 unlearning hard and what to do about it", NeurIPS 2024, arXiv 2406.01257): the product over forget,
@@ -107,9 +107,10 @@ def logit_scaled_confidence(logits, labels, task: str = "multiclass") -> np.ndar
   if n and (not np.all(np.equal(np.mod(y, 1), 0)) or y.min() < 0 or y.max() >= c):
     raise ValueError(f"labels must be class indices in [0, {c})")
   y = y.astype(np.int64)
-  true_logit = np.take_along_axis(z, np.broadcast_to(y[:, None], z.shape[:-1] + (1,)), axis=-1)[..., 0]
+  index = np.broadcast_to(y[:, None], z.shape[:-1] + (1,))
+  true_logit = np.take_along_axis(z, index, axis=-1)[..., 0]
   others = z.copy()
-  np.put_along_axis(others, np.broadcast_to(y[:, None], z.shape[:-1] + (1,)), -np.inf, axis=-1)
+  np.put_along_axis(others, index, -np.inf, axis=-1)
   return true_logit - special.logsumexp(others, axis=-1)
 
 
@@ -139,7 +140,7 @@ def _count_between(sorted_x: np.ndarray, left: np.ndarray, right: np.ndarray) ->
 
 
 def _single_threshold_rates(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """(FPR, FNR) of "positive when φ ≥ t" over an even grid of t from the smallest to the largest φ."""
+  """(FPR, FNR) of "positive when φ ≥ t", t on an even grid from the smallest to the largest φ."""
   lo, hi = min(pos.min(), neg.min()), max(pos.max(), neg.max())
   t = np.linspace(lo, hi, int(math.ceil((hi - lo) * THRESHOLDS_PER_UNIT)))
   fnr = (len(pos) - _count_at_least(np.sort(pos), t)) / len(pos)
@@ -174,7 +175,8 @@ def _threshold_epsilons(fpr: np.ndarray, fnr: np.ndarray, delta: float) -> np.nd
   with np.errstate(divide="ignore", invalid="ignore"):
     a = np.log(1.0 - delta - fpr) - np.log(fnr)
     b = np.log(1.0 - delta - fnr) - np.log(fpr)
-  # fmax ignores one nan (log of a negative number when a rate is 1); both nan stays nan (discarded).
+  # fmax ignores one nan (the log of a negative number when a rate is 1); two nans stay nan, and
+  # the rule is discarded.
   eps = np.maximum(np.fmax(a, b), 0.0)
   both_zero = (fpr == 0) & (fnr == 0)
   # One error rate zero but not the other: metric.py reads this as too few models to estimate the
@@ -184,7 +186,7 @@ def _threshold_epsilons(fpr: np.ndarray, fnr: np.ndarray, delta: float) -> np.nd
 
 
 def example_epsilon(unlearned, retrained, delta: float = DELTA) -> float:
-  """The competition's ε for one forget example, from its φ under each unlearned and retrained model.
+  """The competition's ε for one forget example, from its φ under unlearned and retrained models.
 
   Steps of google-deepmind/unlearning_evaluation@ffae0ff:metric.py (``_get_epsilons``):
 
@@ -303,7 +305,7 @@ def _mean_accuracy(values, name: str) -> float:
 
 def neurips_score(forget_score_value: float, retain_acc, retrained_retain_acc, test_acc,
                   retrained_test_acc) -> float:
-  """The competition's final score: F · (retain acc / retrained retain acc) · (test acc / retrained test acc).
+  """The competition's final score: F · (retain acc / retrained's) · (test acc / retrained's).
 
   As in google-deepmind/unlearning_evaluation@ffae0ff:main.py, each accuracy is the mean over its
   population's models.
@@ -432,14 +434,15 @@ def ulira_log_ratios(confs, unlearned, groups, *, variance: str = "per_image",
   if variance not in ("per_image", "global"):
     raise ValueError(f"variance must be 'per_image' or 'global', got {variance!r}")
   if min_shadows < 2:
-    raise ValueError(f"min_shadows must be at least 2 (a variance needs two values), got {min_shadows}")
+    raise ValueError(f"min_shadows must be at least 2 (a variance needs two values), got "
+                     f"{min_shadows}")
   member_in = u[:, g].astype(bool)
   mean_in, var_in, n_in = _loo_gaussians(x, member_in)
   mean_out, var_out, n_out = _loo_gaussians(x, ~member_in)
   short = (n_in < min_shadows) | (n_out < min_shadows)
   if np.all(short):
-    raise ValueError(f"no (target member, image) pair has {min_shadows} shadows on each side: every "
-                     f"group is unlearned by too few or too many of the {m} members")
+    raise ValueError(f"no (target member, image) pair has {min_shadows} shadows on each side: "
+                     f"every group is unlearned by too few or too many of the {m} members")
   if variance == "global":
     # One variance per target and side: the mean over the target's images that have a fit.
     kept = np.maximum((~short).sum(axis=1, keepdims=True), 1)
@@ -485,7 +488,8 @@ def ulira(confs, unlearned, persons, *, example_level: bool = False, variance: s
     example_level: the paper's unit: each image is its own unit (its own column of ``unlearned``).
     variance: "per_image" or "global" (:func:`ulira_log_ratios`).
     min_shadows: the fewest shadows per side (:func:`ulira_log_ratios`).
-    fprs: false-positive rates for the image-level TPR; each gives ``ulira_tpr_at_{100·fpr:g}pct_fpr``.
+    fprs: false-positive rates for the image-level TPR; each gives the key
+      ``ulira_tpr_at_{100·fpr:g}pct_fpr``.
     n_bootstrap: bootstrap replicates over targets (0: no interval).
     seed: seed of the balancing and the bootstrap.
 
@@ -549,12 +553,13 @@ def ulira(confs, unlearned, persons, *, example_level: bool = False, variance: s
 
 def tow(forget_acc: float, retain_acc: float, test_acc: float, retrained_forget_acc: float,
         retrained_retain_acc: float, retrained_test_acc: float) -> float:
-  """Tug of war: (1 − |Δ forget acc|) · (1 − |Δ retain acc|) · (1 − |Δ test acc|), Δ to the retrained model.
+  """Tug of war: (1 − |ΔF|)·(1 − |ΔR|)·(1 − |ΔT|), Δ the accuracy gaps to the retrained model.
 
   Zhao et al., "What makes unlearning hard and what to do about it", NeurIPS 2024, arXiv 2406.01257.
-  The formula was confirmed in the authors' code, kairanzhao/RUM@fe2df07:surgical_plugins/analysis.py
-  (``df['tow']``, the product of ``1 - |acc - acc_retrained| / 100`` over forget, retain and test,
-  accuracies there in percent); the paper's own statement of it could not be read here. 1 is best
+  F, R, T are the forget, retain and test sets. The formula was confirmed in the authors' code,
+  kairanzhao/RUM@fe2df07:surgical_plugins/analysis.py (``df['tow']``, the product of
+  ``1 - |acc - acc_retrained| / 100`` over forget, retain and test, accuracies there in percent);
+  the paper's own statement of it could not be read here. 1 is best
   (every accuracy equals the retrained model's); a gap on any one set pulls it down, so a method
   cannot win by trading forgetting against utility.
 
