@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -44,3 +45,82 @@ def create_state(model: nn.Module, variables: dict[str, Any], tx: optax.Gradient
                  ) -> TrainState:
   return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                            batch_stats=variables["batch_stats"])
+
+
+def _torch_sgd(learning_rate, momentum, weight_decay):
+  # momentum 0 and weight decay 0 are exact: the trace is then g + 0·t = g, the gradient g + 0·θ.
+  return optax.chain(optax.add_decayed_weights(weight_decay), optax.trace(decay=momentum),
+                     optax.scale_by_learning_rate(learning_rate))
+
+
+def _torch_adam(learning_rate, b1, b2, eps, weight_decay):
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+                     optax.scale_by_learning_rate(learning_rate))
+
+
+# Each kind's hyperparameters with their defaults (torch's for Adam).
+TRACED_OPTIMIZERS = {
+    "sgd": (_torch_sgd, {"learning_rate": 1e-3, "momentum": 0.0, "weight_decay": 0.0}),
+    "adam": (_torch_adam, {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
+                           "weight_decay": 0.0}),
+}
+
+
+class TracedOptimizer(optax.GradientTransformationExtraArgs):
+  """An optimizer whose hyperparameters are arrays in its state, not constants in its update.
+
+  Every ``traced_optimizer(kind, ...)`` shares one ``update`` function; the values are written
+  into the state by ``init`` (``optax.inject_hyperparams``). Two such optimizers of one kind
+  compare equal, so a train state's structure (its ``tx`` is a static field) does not change with
+  the learning rate, and one compiled step serves every value (and a ``vmap`` over values).
+  """
+
+  __slots__ = ()
+
+  def __eq__(self, other):
+    return isinstance(other, TracedOptimizer) and self.update is other.update
+
+  def __hash__(self):
+    return hash(self.update)
+
+
+@functools.cache
+def _shared(kind: str) -> optax.GradientTransformationExtraArgs:
+  factory, defaults = TRACED_OPTIMIZERS[kind]
+  return optax.inject_hyperparams(factory)(**defaults)
+
+
+def traced_optimizer(kind: str, **values: float) -> TracedOptimizer:
+  """torch's SGD (``kind="sgd"``) or Adam (``"adam"``) with hyperparameters in the state.
+
+  SGD: ``learning_rate``, ``momentum``, ``weight_decay`` (added to the gradient before momentum,
+  as torch does; dampening 0, no Nesterov). Adam: ``learning_rate``, ``b1``, ``b2``, ``eps``,
+  ``weight_decay`` (coupled, as ``torch.optim.Adam``). Unset values take the defaults of
+  :data:`TRACED_OPTIMIZERS`. The state is ``optax.InjectHyperparamsState``: its ``hyperparams``
+  can be read and set between steps (see :func:`with_hyperparams`).
+
+  Raises:
+    ValueError: an unknown kind or hyperparameter name.
+  """
+  if kind not in TRACED_OPTIMIZERS:
+    raise ValueError(f"optimizer kind must be one of {sorted(TRACED_OPTIMIZERS)}, got {kind!r}")
+  defaults = TRACED_OPTIMIZERS[kind][1]
+  unknown = sorted(set(values) - set(defaults))
+  if unknown:
+    raise ValueError(f"{kind}: unknown hyperparameters {unknown}; it has {sorted(defaults)}")
+  shared = _shared(kind)
+  hparams = {**defaults, **values}
+
+  def init(params):
+    return with_hyperparams(shared.init(params), **hparams)
+
+  return TracedOptimizer(init, shared.update)
+
+
+def with_hyperparams(opt_state: Any, **values: Any) -> Any:
+  """``opt_state`` (an ``InjectHyperparamsState``) with the given hyperparameters replaced."""
+  hp = dict(opt_state.hyperparams)
+  for k, v in values.items():
+    hp[k] = jnp.asarray(v, jnp.asarray(hp[k]).dtype)
+  return opt_state._replace(hyperparams=hp)
