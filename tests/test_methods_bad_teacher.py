@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mu_jax import methods
-from mu_jax.methods import common
+from mu_jax.methods import common, driver
 from mu_jax.methods.base import MethodNotApplicable, Spec
 from mu_jax.training import evaluate, fit as fitlib
 from tests import helpers
@@ -76,7 +76,7 @@ def test_steps_pull_the_student_toward_the_bad_teacher_on_forget_inputs_only():
   one = jax.devices()[:1]
   R, S = parallel.REPLICATED, parallel.SHARDED
   step = parallel.data_parallel(
-      lambda st, a, b: u.phases(_spec())[0].step(st, a, b, jax.random.key(0), {}),
+      lambda st, a, b: u.phases(_spec())[0].step(st, a, b, jax.random.key(0), driver.step_info(u)),
       in_specs=(R, R, S), out_specs=(R, R, R), devices=one)
   student = parallel.data_parallel(lambda st, x: common.forward(st, st.params, st.batch_stats, x)[0],
                                    in_specs=(R, S), out_specs=S, devices=one)

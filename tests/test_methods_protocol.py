@@ -68,7 +68,7 @@ def test_step_is_pure_traced_once_and_equal_on_4_and_1_devices(name):
   phase = next((p for p in phases if p.epochs and p.stream in ("paired", "zip", "forget")), phases[0])
   b1 = _batch(phase.stream, data)
   b2 = jax.tree.map(lambda x: x[::-1].copy(), b1)
-  info = {"progress": np.float32(0.1), "epoch": np.int32(0)}
+  info = driver.step_info(u, progress=0.1)
   results = {}
   for n in (1, 4):
     devs = jax.devices()[:n]

@@ -146,7 +146,7 @@ def test_boundary_expand_step_equals_joint_training_of_a_c_plus_1_head(original)
   batch = _forget_batch()
   step = unl.phases(spec)[0].step
   run = parallel.data_parallel(step, in_specs=(R, R, S, R, R), out_specs=(R, R, R))
-  info = {"progress": jnp.float32(0), "epoch": jnp.int32(0)}
+  info = methods.driver.step_info(unl)
   new_state, new_aux, metrics = run(state, aux, batch, jax.random.key(0), info)
 
   # Reference: one SGD step on the (C+1)-way head as a single differentiable model.

@@ -102,7 +102,7 @@ def test_salun_rejects_a_bad_threshold():
 # ----- l1-sparse -----
 
 def test_l1_coefficient_decays_linearly_then_stops():
-  coef = lambda t, e=10, n=0: float(l1_sparse.l1_coefficient(1e-3, jnp.int32(t), e, n))
+  coef = lambda t, e=10, n=0: float(l1_sparse.l1_coefficient(1e-3, jnp.int32(t), e - n))
   assert coef(0) == pytest.approx(1e-3)        # start: the full alpha
   assert coef(5) == pytest.approx(5e-4)        # middle
   assert coef(9) == pytest.approx(1e-4)        # last epoch of 10: alpha·(1 − 9/10)
@@ -139,7 +139,7 @@ def test_l1_sparse_step_is_torch_sgd_on_ce_plus_the_l1_penalty(original, epoch, 
   one = jax.devices()[:1]
   R, S = parallel.REPLICATED, parallel.SHARDED
   run = parallel.data_parallel(lambda st, b: step(st, {}, b, jax.random.key(0),
-                                                  {"epoch": jnp.int32(epoch)}),
+                                                  methods.driver.step_info(unl, epoch)),
                                in_specs=(R, S), out_specs=(R, R, R), devices=one)
   new, _, m = parallel.to_host(run(parallel.replicate(state, one), parallel.shard(batch, one)))
 
@@ -198,7 +198,8 @@ def test_ssd_after_divides_by_the_batch_counts(original):
   unl = ssd.ssd(alpha=2.0, lambda_=0.5)
   spec = methods.Spec(model=helpers.tiny_model(), task="multiclass", num_classes=8,
                       image_shape=(16, 16, 3))
-  after = jax.jit(unl.phases(spec)[-1].after)
+  info = {"hp": {k: jnp.float32(v) for k, v in unl.traced.items()}}
+  after = jax.jit(lambda state, aux: unl.phases(spec)[-1].after(state, aux, info))
   ones = jax.tree.map(jnp.ones_like, original.params)
   # Sums: forget 12 over 3 batches (I_f = 4), train 4 over 2 batches (I_D = 2) everywhere:
   # 4 > 2·2 is false, so nothing moves; with train 2 over 2 batches (I_D = 1): 4 > 2, beta = 0.125.

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mu_jax import methods, parallel
-from mu_jax.methods import common
+from mu_jax.methods import common, driver
 from mu_jax.methods.base import MethodNotApplicable, Spec
 from mu_jax.training import evaluate
 from tests import helpers
@@ -101,7 +101,7 @@ def test_unsir_phases_and_multilabel_impair_step():
   batch = {"forget": {"image": _float(f.images[:8]), "label": f.labels[:8]},
            "retain": {"image": _float(r.images[:8]), "label": r.labels[:8]}}
   state = helpers.tiny_state(helpers.tiny_model(3))
-  fn = parallel.data_parallel(lambda s, b, k: phases[0].step(s, {}, b, k, {}),
+  fn = parallel.data_parallel(lambda s, b, k: phases[0].step(s, {}, b, k, driver.step_info(u)),
                               in_specs=(R, S, R), out_specs=(R, R, R))
   new, _, m = parallel.to_host(fn(parallel.replicate(state), parallel.shard(batch),
                                   jax.random.key(0)))
@@ -191,7 +191,8 @@ def test_scrub_kl_is_zero_on_the_first_step_and_the_forget_pass_raises_it():
   assert (min_phase.name, max_phase.name) == ("min_retain", "max_forget")
   step_min = parallel.data_parallel(min_phase.step, in_specs=(R, R, S, R, R), out_specs=(R, R, R))
   _, _, m = step_min(parallel.replicate(state), parallel.replicate(aux),
-                     parallel.shard({"image": x, "label": tr.labels[:16]}), jax.random.key(0), {})
+                     parallel.shard({"image": x, "label": tr.labels[:16]}), jax.random.key(0),
+                     driver.step_info(methods.create("scrub")))
   assert abs(float(m["kl"])) < 1e-5, m
   # CE + KL with KL = 0: the loss is the CE of the (equal) logits, written out in numpy.
   logits = np.asarray(state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, x,
@@ -216,7 +217,8 @@ def test_scrub_kl_is_zero_on_the_first_step_and_the_forget_pass_raises_it():
   for i in range(3):
     student_forget = parallel.to_host(train_logits(s, forget_batch["image"]))
     want = -_np_kl_t2(teacher_forget, student_forget, 4.0)
-    s, _, m = step_max(s, parallel.replicate(aux), forget_batch, jax.random.key(i), {})
+    s, _, m = step_max(s, parallel.replicate(aux), forget_batch, jax.random.key(i),
+                       driver.step_info(methods.create("scrub")))
     np.testing.assert_allclose(m["loss"], want, rtol=1e-3, atol=1e-6)
   after = _kl_on(parallel.to_host(s), teacher, forget)
   assert before < 1e-6 and after > before + 1e-4, (before, after)
@@ -262,7 +264,8 @@ def test_scrub_official_steps_follow_the_lr_decay():
   deltas, lrs = {}, {}
   for epoch in (1, 6, 10):
     at_epoch = parallel.replicate({**aux, "epoch": jnp.int32(epoch)})
-    s, _, m = step(parallel.replicate(state), at_epoch, batch, jax.random.key(0), {})
+    s, _, m = step(parallel.replicate(state), at_epoch, batch, jax.random.key(0),
+                   driver.step_info(u))
     s = parallel.to_host(s)
     lrs[epoch] = float(m["lr"])
     assert float(s.opt_state.hyperparams["learning_rate"]) == pytest.approx(lrs[epoch])
@@ -273,5 +276,5 @@ def test_scrub_official_steps_follow_the_lr_decay():
   np.testing.assert_allclose(deltas[6] * 10, deltas[1], rtol=2e-3)
   np.testing.assert_allclose(deltas[10] * 1000, deltas[1], rtol=3e-2)
   # The epoch counter advances after each min pass (the phase's `after`).
-  _, aux2 = jax.jit(min_phase.after)(state, aux)
+  _, aux2 = jax.jit(min_phase.after)(state, aux, driver.step_info(u))
   assert int(aux2["epoch"]) == 2

@@ -125,7 +125,7 @@ def _padded(examples, real, total):
 def _run_step(step, state, aux, batch, devices):
   fn = parallel.data_parallel(driver.guarded(step, False), in_specs=(R, R, S, R, R, R),
                               out_specs=(R, R, R, R), devices=devices)
-  info = {"progress": np.float32(0), "epoch": np.int32(0)}
+  info = driver.step_info(methods.scrub(temperature=4.0))
   out = fn(*parallel.replicate((state, aux), devices), parallel.shard(batch, devices),
            jax.random.key(3), info, parallel.replicate(np.bool_(False), devices))
   return parallel.to_host(out[:3])
@@ -142,7 +142,7 @@ def test_masked_step_equals_the_unpadded_step_on_the_real_examples(kind):
   if kind == "supervised":
     step, aux = common.supervised_step("multiclass"), {}
   else:
-    step = scrub_lib.max_step("multiclass", 4.0)
+    step = scrub_lib.max_step("multiclass")
     # A teacher that differs from the student, so the KL and its gradient are not zero.
     _, aux = scrub_lib.teacher_init(state, None, None)
     aux = jax.tree.map(lambda x: x * 1.1, aux)

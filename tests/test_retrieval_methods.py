@@ -125,7 +125,7 @@ def _compiled(step, augment, n, traces):
                               out_specs=(R, R, R, R), devices=devs)
   return lambda st, aux, b, rng: fn(parallel.replicate(st, devs), parallel.replicate(aux, devs),
                                     parallel.shard(b, devs), rng,
-                                    {"progress": jnp.float32(0.5), "epoch": jnp.int32(1)},
+                                    {"progress": jnp.float32(0.5), "epoch": jnp.int32(1), "hp": {}},
                                     jnp.bool_(False))
 
 

@@ -34,25 +34,21 @@ in train mode. Multiclass only: the rule distils class distributions.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
-import optax
 
 from mu_jax.methods import common
 from mu_jax.methods.base import Phase, Unlearner, check_positive
-
-
-def _adam(lr: float) -> optax.GradientTransformation:
-  # torch.optim.Adam defaults: betas 0.9/0.999, eps 1e-8, no weight decay.
-  return optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)
+from mu_jax.training.state import init_variables
 
 
 def init_teachers(state, rng, spec):
   """``aux``: the competent teacher (the original) and a freshly initialised incompetent one."""
-  fresh = jax.jit(lambda key: spec.model.init(key, jnp.zeros((1, *spec.image_shape), jnp.float32),
-                                               train=False))(rng)
+  fresh = init_variables(spec.model, rng, spec.image_shape)
   aux = {"teacher": {"params": state.params, "batch_stats": state.batch_stats},
-         "bad_teacher": {"params": fresh["params"], "batch_stats": fresh.get("batch_stats", {})}}
+         "bad_teacher": fresh}
   return state, aux
 
 
@@ -88,34 +84,41 @@ def bad_teacher(temperature: float = 1.0, lr: float = 1e-4, epochs: int = 1,
     raise ValueError(f"bad_teacher: stream must be 'paired' or 'zip', got {stream!r}")
 
   def phases(spec):
-    num_classes = spec.num_classes
-
-    def step(state, aux, batch, rng, info):
-      del rng, info
-      f, r = batch["forget"], batch["retain"]
-      bf = f["image"].shape[0]
-      images = jnp.concatenate([f["image"], r["image"]])
-      is_forget = jnp.arange(images.shape[0]) < bf
-      mf, mr = f.get("mask"), r.get("mask")
-      mask = None if mf is None or mr is None else jnp.concatenate([mf, mr])
-      good = _logits(state, aux["teacher"], images)
-      bad = _logits(state, aux["bad_teacher"], images)
-
-      def loss_fn(params):
-        s_logits, stats = common.forward(state, params, state.batch_stats, images, mask=mask)
-        kl = bad_teaching_kl(s_logits, good, bad, is_forget, temperature)
-        return common.mean(kl, mask) / num_classes, (stats, {
-            "kl_forget_to_bad": common.mean(kl[:bf], mf),
-            "kl_retain_to_original": common.mean(kl[bf:], mr),
-            "forget_accuracy": common.accuracy(s_logits[:bf], f["label"], "multiclass", mf),
-            "retain_accuracy": common.accuracy(s_logits[bf:], r["label"], "multiclass", mr)})
-
-      state, metrics = common.gradient_step(state, loss_fn)
-      return state, aux, metrics
-
-    return [Phase("distill", stream, step, epochs)]
+    return [Phase("distill", stream, _step(spec.num_classes), epochs)]
 
   return Unlearner(
       name="bad_teacher",
       hparams={"temperature": temperature, "lr": lr, "epochs": epochs, "stream": stream},
-      optimizer=_adam(lr), phases=phases, init=init_teachers, tasks=("multiclass",))
+      optimizer=common.reference_adam(lr), phases=phases, init=init_teachers, tasks=("multiclass",),
+      traced={"temperature": temperature})
+
+
+@functools.cache
+def _step(num_classes: int):
+  """Distillation from the good teacher on retain rows and the bad one on forget rows."""
+
+  def step(state, aux, batch, rng, info):
+    del rng
+    temperature = info["hp"]["temperature"]
+    f, r = batch["forget"], batch["retain"]
+    bf = f["image"].shape[0]
+    images = jnp.concatenate([f["image"], r["image"]])
+    is_forget = jnp.arange(images.shape[0]) < bf
+    mf, mr = f.get("mask"), r.get("mask")
+    mask = None if mf is None or mr is None else jnp.concatenate([mf, mr])
+    good = _logits(state, aux["teacher"], images)
+    bad = _logits(state, aux["bad_teacher"], images)
+
+    def loss_fn(params):
+      s_logits, stats = common.forward(state, params, state.batch_stats, images, mask=mask)
+      kl = bad_teaching_kl(s_logits, good, bad, is_forget, temperature)
+      return common.mean(kl, mask) / num_classes, (stats, {
+          "kl_forget_to_bad": common.mean(kl[:bf], mf),
+          "kl_retain_to_original": common.mean(kl[bf:], mr),
+          "forget_accuracy": common.accuracy(s_logits[:bf], f["label"], "multiclass", mf),
+          "retain_accuracy": common.accuracy(s_logits[bf:], r["label"], "multiclass", mr)})
+
+    state, metrics = common.gradient_step(state, loss_fn)
+    return state, aux, metrics
+
+  return step

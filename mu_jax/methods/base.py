@@ -12,8 +12,17 @@ An Unlearner has
   * ``phases(spec) -> [Phase]``: what to run, in order. A :class:`Phase` names its data
     :data:`STREAMS` entry, its number of epochs and its per-device step
     ``step(state, aux, batch, rng, info) -> (state, aux, metrics)``; an optional
-    ``after(state, aux) -> (state, aux)`` runs once when the phase ends (turn accumulated
-    gradients into a mask, dampen parameters, prune a head, ...).
+    ``after(state, aux, info) -> (state, aux)`` runs once when the phase ends (turn accumulated
+    gradients into a mask, dampen parameters, prune a head, ...);
+  * ``traced``: the continuous hyperparameters its steps read, by name.
+
+Compile once. A step's hyperparameters are arguments, not constants: the optimizer's (learning
+rate, momentum, weight decay) live in its state (:func:`mu_jax.training.state.traced_optimizer`),
+the others arrive as float32 arrays in ``info["hp"]`` (the Unlearner's ``traced``). Step builders
+take only what changes shapes or control flow (task, BatchNorm mode, number of classes) and return
+the same function object for the same arguments (``functools.cache``), so one compiled program
+serves every value of a hyperparameter, every method with the same step computation, and a
+``vmap`` over values.
 
 Steps are written per device like the training step (``lax.pmean`` over
 :data:`mu_jax.parallel.AXIS`); the driver compiles them data-parallel. ``batch`` is
@@ -22,7 +31,8 @@ paired ones; images arrive as float32 in [0, 1], already augmented when the phas
 ``mask`` (float 0/1 per row) marks the real rows: all ones unless the phase keeps the last partial
 batch (``Phase.partial="keep"``), which arrives padded to the full shape; steps pass it to the
 helpers of :mod:`mu_jax.methods.common`. Steps called without a mask treat every row as real.
-``info`` holds ``progress`` (fraction of the whole run's steps done, for schedules) and ``epoch``.
+``info`` holds ``progress`` (fraction of the whole run's steps done, for schedules), ``epoch``
+and ``hp``.
 ``metrics`` must include ``loss`` (the driver stops on a non-finite one).
 """
 
@@ -87,7 +97,7 @@ class Phase:
     step: the pure per-device step (see the module docstring).
     epochs: passes over the stream.
     augment: feed the reference training augmentation (as the reference's train loaders).
-    after: optional pure ``(state, aux) -> (state, aux)`` run once at the end of the phase.
+    after: optional pure ``(state, aux, info) -> (state, aux)`` run once at the end of the phase.
     max_steps: optional cap on steps per epoch (e.g. a fixed number of noise batches).
     partial: what happens to batches that are not full: one of :data:`PARTIAL`.
   """
@@ -97,7 +107,7 @@ class Phase:
   step: Step
   epochs: int = 1
   augment: bool = True
-  after: Callable[[TrainState, Any], tuple[TrainState, Any]] | None = None
+  after: Callable[[TrainState, Any, Any], tuple[TrainState, Any]] | None = None
   max_steps: int | None = None
   partial: str = "drop"
 
@@ -132,6 +142,7 @@ class Unlearner:
     phases: ``spec -> [Phase]``.
     init: ``(state, rng, spec) -> (state, aux)``.
     tasks: the tasks the update rule applies to.
+    traced: the hyperparameters the steps read from ``info["hp"]`` (float values by name).
   """
 
   name: str
@@ -140,6 +151,7 @@ class Unlearner:
   phases: Callable[[Spec], Sequence[Phase]]
   init: Callable[[TrainState, jax.Array, Spec], tuple[TrainState, Any]] = _no_aux
   tasks: tuple[str, ...] = ("multiclass", "multilabel")
+  traced: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
   def check_task(self, task: str) -> None:
     if task not in self.tasks:

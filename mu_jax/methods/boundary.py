@@ -31,6 +31,8 @@ and weight decay 5e-4; its authors searched the lr per setting.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -39,7 +41,8 @@ from mu_jax.methods import common
 from mu_jax.methods.base import Phase, Unlearner, check_positive
 
 
-def fgsm(apply_fn, variables, images: jax.Array, labels: jax.Array, bound: float) -> jax.Array:
+def fgsm(apply_fn, variables, images: jax.Array, labels: jax.Array, bound: float | jax.Array
+         ) -> jax.Array:
   """One FGSM step against a model in eval mode, clipped to [0, 1] and rounded to the /255 grid.
 
   Args:
@@ -69,7 +72,8 @@ def nearest_wrong_label(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.argmax(jnp.where(is_true, -jnp.inf, logits), axis=-1).astype(labels.dtype)
 
 
-def shrink_labels(state, original, images: jax.Array, labels: jax.Array, bound: float) -> jax.Array:
+def shrink_labels(state, original, images: jax.Array, labels: jax.Array, bound: float | jax.Array
+                  ) -> jax.Array:
   """Boundary Shrink's new labels for a forget batch (``original`` = {"params", "batch_stats"})."""
   x_adv = fgsm(state.apply_fn, original, images, labels, bound)
   logits_adv = state.apply_fn(original, x_adv, train=False)
@@ -98,28 +102,33 @@ def boundary_shrink(bound: float = 0.1, lr: float = 1e-3, epochs: int = 10,
   check_positive("boundary_shrink", bound=bound, lr=lr, epochs=epochs)
 
   def phases(spec):
-    task = spec.task
-
-    def step(state, aux, batch, rng, info):
-      del rng, info
-      x, y, mask = batch["image"], batch["label"], batch.get("mask")
-      y_new = shrink_labels(state, aux, x, y, bound)
-
-      def loss_fn(params):
-        logits, stats = common.forward(state, params, state.batch_stats, x, mask=mask)
-        loss = common.task_loss(logits, y_new, task, mask)
-        return loss, (stats, {"accuracy": common.accuracy(logits, y, task, mask),
-                              "shrink_label_accuracy": common.accuracy(logits, y_new, task, mask)})
-
-      state, metrics = common.gradient_step(state, loss_fn)
-      return state, aux, metrics
-
-    return [Phase("shrink", "forget", step, epochs)]
+    return [Phase("shrink", "forget", _shrink_step(spec.task), epochs)]
 
   return Unlearner("boundary_shrink", {"bound": bound, "lr": lr, "epochs": epochs,
                                        "momentum": momentum},
                    common.reference_sgd(lr, momentum), phases, _copy_original,
-                   tasks=("multiclass",))
+                   tasks=("multiclass",), traced={"bound": bound})
+
+
+@functools.cache
+def _shrink_step(task: str):
+  """CE to the nearest wrong class under the original model; ``bound`` from ``info["hp"]``."""
+
+  def step(state, aux, batch, rng, info):
+    del rng
+    x, y, mask = batch["image"], batch["label"], batch.get("mask")
+    y_new = shrink_labels(state, aux, x, y, info["hp"]["bound"])
+
+    def loss_fn(params):
+      logits, stats = common.forward(state, params, state.batch_stats, x, mask=mask)
+      loss = common.task_loss(logits, y_new, task, mask)
+      return loss, (stats, {"accuracy": common.accuracy(logits, y, task, mask),
+                            "shrink_label_accuracy": common.accuracy(logits, y_new, task, mask)})
+
+    state, metrics = common.gradient_step(state, loss_fn)
+    return state, aux, metrics
+
+  return step
 
 
 def shadow_logits(pooled: jax.Array, shadow) -> jax.Array:
@@ -150,44 +159,51 @@ def boundary_expand(lr: float = 1e-3, epochs: int = 10) -> Unlearner:
                    "bias": jax.random.uniform(b_rng, (1,), jnp.float32, -limit, limit)}
 
   def phases(spec):
-    shadow_class = spec.num_classes
-
-    def ce_to_shadow(logits, shadow_logit, mask):
-      full = jnp.concatenate([logits.astype(jnp.float32), shadow_logit], axis=-1)
-      target = jnp.full((full.shape[0],), shadow_class, jnp.int32)
-      return common.mean(optax.softmax_cross_entropy_with_integer_labels(full, target), mask)
-
-    def step(state, aux, batch, rng, info):
-      del rng, info
-      x, y, mask = batch["image"], batch["label"], batch.get("mask")
-
-      def loss_fn(params):
-        (logits, pooled), stats = common.forward(state, params, state.batch_stats, x, features=True,
-                                                 mask=mask)
-        shadow = shadow_logits(pooled, aux)
-        loss = ce_to_shadow(logits, shadow, mask)
-        # The shadow column's gradient, taken here where the features are at hand: the loss
-        # depends on it only through the shadow logit, so differentiating the head alone (with
-        # the network's outputs held fixed) gives exactly its part of the joint gradient.
-        # It rides out in the metrics, which gradient_step averages over devices like the
-        # model's gradients.
-        fixed_logits, fixed_pooled = jax.lax.stop_gradient((logits, pooled))
-        shadow_grad = jax.grad(
-            lambda s: ce_to_shadow(fixed_logits, shadow_logits(fixed_pooled, s), mask))(aux)
-        to_shadow = jnp.argmax(jnp.concatenate([logits, shadow], -1), -1) == shadow_class
-        return loss, (stats, {"accuracy": common.accuracy(logits, y, "multiclass", mask),
-                              "shadow_rate": common.mean(to_shadow.astype(jnp.float32), mask),
-                              "shadow_grad": shadow_grad})
-
-      state, metrics = common.gradient_step(state, loss_fn)
-      grad = metrics.pop("shadow_grad")
-      aux = jax.tree.map(lambda s, g: s - lr * g, aux, grad)
-      return state, aux, metrics
-
     # Pruning the shadow neuron needs no ``after``: the model's head never had it, so the state
     # ends with its C outputs as training left them. The column stays in aux, a record of what was
     # trained and one aux structure for the whole run (checkpoints are restored against it).
-    return [Phase("expand", "forget", step, epochs)]
+    return [Phase("expand", "forget", _expand_step(spec.num_classes), epochs)]
 
   return Unlearner("boundary_expand", {"lr": lr, "epochs": epochs}, common.reference_sgd(lr),
                    phases, init, tasks=("multiclass",))
+
+
+@functools.cache
+def _expand_step(shadow_class: int):
+  """CE of the forget batch to the shadow class ``shadow_class`` (= C) over C + 1 logits."""
+
+  def ce_to_shadow(logits, shadow_logit, mask):
+    full = jnp.concatenate([logits.astype(jnp.float32), shadow_logit], axis=-1)
+    target = jnp.full((full.shape[0],), shadow_class, jnp.int32)
+    return common.mean(optax.softmax_cross_entropy_with_integer_labels(full, target), mask)
+
+  def step(state, aux, batch, rng, info):
+    del rng, info
+    # The shadow column takes the model's SGD step at the same (traced) learning rate.
+    lr = state.opt_state.hyperparams["learning_rate"]
+    x, y, mask = batch["image"], batch["label"], batch.get("mask")
+
+    def loss_fn(params):
+      (logits, pooled), stats = common.forward(state, params, state.batch_stats, x, features=True,
+                                               mask=mask)
+      shadow = shadow_logits(pooled, aux)
+      loss = ce_to_shadow(logits, shadow, mask)
+      # The shadow column's gradient, taken here where the features are at hand: the loss
+      # depends on it only through the shadow logit, so differentiating the head alone (with
+      # the network's outputs held fixed) gives exactly its part of the joint gradient.
+      # It rides out in the metrics, which gradient_step averages over devices like the
+      # model's gradients.
+      fixed_logits, fixed_pooled = jax.lax.stop_gradient((logits, pooled))
+      shadow_grad = jax.grad(
+          lambda s: ce_to_shadow(fixed_logits, shadow_logits(fixed_pooled, s), mask))(aux)
+      to_shadow = jnp.argmax(jnp.concatenate([logits, shadow], -1), -1) == shadow_class
+      return loss, (stats, {"accuracy": common.accuracy(logits, y, "multiclass", mask),
+                            "shadow_rate": common.mean(to_shadow.astype(jnp.float32), mask),
+                            "shadow_grad": shadow_grad})
+
+    state, metrics = common.gradient_step(state, loss_fn)
+    grad = metrics.pop("shadow_grad")
+    aux = jax.tree.map(lambda s, g: s - lr * g, aux, grad)
+    return state, aux, metrics
+
+  return step

@@ -11,6 +11,7 @@ padding. ``mask=None`` is a full batch.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -20,15 +21,26 @@ from jax import lax
 
 from mu_jax import parallel
 from mu_jax.training import losses
-from mu_jax.training.state import TrainState, sgd
+from mu_jax.training.state import TrainState, traced_optimizer
 
 
 def reference_sgd(lr: float = 1e-3, momentum: float = 0.0, weight_decay: float = 0.0
                   ) -> optax.GradientTransformation:
-  """The reference's unlearning optimizer: ``optim.SGD(params, lr=0.001)`` (no momentum, no decay)."""
+  """The reference's unlearning optimizer: ``optim.SGD(params, lr=0.001)`` (no momentum, no decay).
+
+  torch's SGD with its hyperparameters in the optimizer state
+  (:func:`mu_jax.training.state.traced_optimizer`): every learning rate runs one compiled step.
+  """
   if not lr > 0:
     raise ValueError(f"lr must be positive, got {lr}")
-  return sgd(lr, momentum, weight_decay)
+  return traced_optimizer("sgd", learning_rate=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def reference_adam(lr: float, weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """torch's Adam (betas 0.9, 0.999, eps 1e-8, coupled weight decay), hyperparameters in the state."""
+  if not lr > 0:
+    raise ValueError(f"lr must be positive, got {lr}")
+  return traced_optimizer("adam", learning_rate=lr, weight_decay=weight_decay)
 
 
 # BatchNorm modes of a method's model steps: "train" (batch statistics; the running statistics
@@ -94,21 +106,29 @@ def gradient_step(state: TrainState, loss_fn: Callable[[Any], tuple[jax.Array, t
   """One optimizer step on ``loss_fn(params) -> (loss, (new_batch_stats, metrics))``.
 
   Gradients, loss and metrics are averaged over the data-parallel axis. ``grad_mask`` (a tree of
-  0/1 like the params) zeroes the gradient of masked-out weights before the optimizer.
+  0/1 like the params, or one 0/1 scalar per leaf) zeroes the gradient of masked-out weights and
+  keeps them exactly at their value before the step: a zero gradient leaves a weight in place only
+  under plain SGD, while weight decay (and momentum fed by it) would still move it. That equals
+  torch's frozen parameters (``requires_grad=False``), which the optimizer skips.
   """
   (loss, (new_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grads = lax.pmean(grads, parallel.AXIS)
   if grad_mask is not None:
     grads = jax.tree.map(lambda g, m: g * m.astype(g.dtype), grads, grad_mask)
-  state = state.apply_gradients(grads=grads, batch_stats=new_stats)
-  return state, lax.pmean({"loss": loss, **metrics}, parallel.AXIS)
+  new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
+  if grad_mask is not None:
+    new_state = new_state.replace(params=jax.tree.map(
+        lambda m, new, old: jnp.where(m > 0, new, old), grad_mask, new_state.params, state.params))
+  return new_state, lax.pmean({"loss": loss, **metrics}, parallel.AXIS)
 
 
+@functools.cache
 def supervised_step(task: str, sign: float = 1.0, train: bool = True) -> Callable[..., Any]:
   """A step on ``sign · task loss`` of a single-stream batch (sign −1 is gradient ascent).
 
   ``train``: BatchNorm in train mode (batch statistics over the real rows, running statistics
-  updated) or eval mode (running statistics, left exactly as they are).
+  updated) or eval mode (running statistics, left exactly as they are). ``aux["trainable"]``, when
+  the method keeps one, is the :func:`gradient_step` mask of the weights that may change.
   """
 
   def step(state, aux, batch, rng, info):
@@ -122,33 +142,29 @@ def supervised_step(task: str, sign: float = 1.0, train: bool = True) -> Callabl
       return sign * loss, (stats, {"task_loss": loss,
                                    "accuracy": accuracy(logits, batch["label"], task, mask)})
 
-    state, metrics = gradient_step(state, loss_fn)
+    state, metrics = gradient_step(state, loss_fn, aux.get("trainable"))
     return state, aux, metrics
 
   return step
 
 
+@functools.cache
+def forget_half(step: Callable[..., Any]) -> Callable[..., Any]:
+  """``step`` fed the forget half of a paired batch (the retain half is ignored)."""
+  return lambda state, aux, batch, rng, info: step(state, aux, batch["forget"], rng, info)
+
+
 def trainable_mask(params: Any, trainable: Sequence[str]) -> Any:
-  """A 0/1 tree over ``params``: 1 under the top-level names in ``trainable``, else 0."""
+  """One 0/1 float32 scalar per leaf of ``params``: 1 under the top-level names in ``trainable``.
+
+  Scalars, not arrays like the weights: the mask of whole blocks costs nothing to carry, and
+  :func:`gradient_step` broadcasts it.
+  """
   unknown = sorted(set(trainable) - set(params))
   if unknown:
     raise ValueError(f"no top-level parameters named {unknown}; the model has {sorted(params)}")
-  return {k: jax.tree.map(lambda x, on=(k in trainable): jnp.full(x.shape, on, jnp.float32), v)
+  return {k: jax.tree.map(lambda x, on=(k in trainable): jnp.float32(on), v)
           for k, v in params.items()}
-
-
-def freeze_all_but(tx: optax.GradientTransformation, trainable: Sequence[str]
-                   ) -> optax.GradientTransformation:
-  """Wraps ``tx`` so only parameters under the top-level names ``trainable`` get updates.
-
-  Frozen parameters receive exactly zero updates (``optax.set_to_zero``), so they do not move by a
-  single bit, and their optimizer state is empty, as torch's SGD skips parameters with no grad.
-  """
-  def labels(params):
-    return {k: jax.tree.map(lambda _, on=(k in trainable): "train" if on else "frozen", v)
-            for k, v in params.items()}
-
-  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 def kl_div(teacher_logits: jax.Array, student_logits: jax.Array, temperature: float, task: str

@@ -225,6 +225,48 @@ def _compile_phase(step, augment: bool):
                                 out_specs=(R, R, R, R))
 
 
+@functools.lru_cache(maxsize=256)
+def _compile_after(after):
+  return jax.jit(after)
+
+
+# Compiled phase steps of this process, by (jitted step, argument structure, shapes and dtypes).
+# Steps are built per static configuration (task, BatchNorm mode, ...) and read hyperparameters
+# from ``info["hp"]`` and the optimizer state, so every method and stage whose step has the same
+# computation and argument shapes runs one executable.
+_EXECUTABLES: dict[Any, Any] = {}
+
+
+def compiled_steps() -> int:
+  """How many phase-step programs this process has compiled (each compiled once)."""
+  return len(_EXECUTABLES)
+
+
+def _executable(fn, *args) -> tuple[Any, float]:
+  """The compiled ``fn`` for ``args`` and the seconds spent compiling it now (0 when cached)."""
+  leaves, tree = jax.tree.flatten(args)
+  key = (fn, tree, parallel.mesh(),
+         tuple((np.shape(x), str(getattr(x, "dtype", type(x))), getattr(x, "weak_type", False))
+               for x in leaves))
+  if key in _EXECUTABLES:
+    return _EXECUTABLES[key], 0.0
+  compiled, seconds = parallel.compile_timed(fn, *args)
+  _EXECUTABLES[key] = compiled
+  return compiled, seconds
+
+
+def step_info(unlearner: Unlearner, epoch: int = 0, progress: float = 0.0) -> dict[str, Any]:
+  """The ``info`` argument of ``unlearner``'s steps and ``after`` functions (base module docstring).
+
+  Args:
+    unlearner: the method; its ``traced`` hyperparameters become ``info["hp"]``.
+    epoch: the run's epoch index.
+    progress: the fraction of the run's steps done.
+  """
+  return {"progress": jnp.float32(progress), "epoch": jnp.int32(epoch),
+          "hp": {k: jnp.float32(v) for k, v in unlearner.traced.items()}}
+
+
 def spec_for(state: TrainState, data: Mapping[str, Examples], task: str) -> Spec:
   model = getattr(state.apply_fn, "__self__", None)
   if model is None:
@@ -293,7 +335,9 @@ def run_detailed(unlearner: Unlearner, state: TrainState, data: Any,
   if bool(halted):  # a resumed run that had already diverged: nothing more to do
     epochs = []
     message = f"{unlearner.name}: the checkpointed run had stopped on a non-finite loss"
-  executables: dict[Any, tuple[Any, float]] = {}  # (phase step, batch shapes) -> (executable, s)
+  def info_at(k: int) -> dict[str, Any]:
+    return step_info(unlearner, k, done_steps / max(total_steps, 1))
+
   for k, (phase, e) in enumerate(epochs):
     if k < start:
       done_steps += len(plans[k])
@@ -302,24 +346,19 @@ def run_detailed(unlearner: Unlearner, state: TrainState, data: Any,
     fn = _compile_phase(phase.step, phase.augment)
     compile_s = 0.0
     if batches:
-      shapes = (fn, jax.tree.structure(batches[0]), tuple(np.shape(x) for x in jax.tree.leaves(batches[0])))
-      if shapes not in executables:
-        executables[shapes] = parallel.compile_timed(
-            fn, state, aux, parallel.shard(batches[0]), rng,
-            {"progress": jnp.float32(0), "epoch": jnp.int32(k)}, halted)
-        compile_s = executables[shapes][1]
-      fn = executables[shapes][0]
+      fn, compile_s = _executable(fn, state, aux, parallel.shard(batches[0]), rng, info_at(k),
+                                  halted)
     t_epoch, seen_epoch = time.time(), seen
     sums: dict[str, jax.Array] = {}
     for i, b in enumerate(batches):
-      info = {"progress": jnp.float32(done_steps / max(total_steps, 1)), "epoch": jnp.int32(k)}
-      state, aux, m, halted = fn(state, aux, parallel.shard(b), jax.random.fold_in(jax.random.fold_in(rng, 1 + k), i),
-                                 info, halted)
+      state, aux, m, halted = fn(state, aux, parallel.shard(b),
+                                 jax.random.fold_in(jax.random.fold_in(rng, 1 + k), i), info_at(k),
+                                 halted)
       sums = {n: sums.get(n, 0.0) + v for n, v in m.items()}
       seen += _count(b)
       done_steps += 1
     if phase.after is not None and e == phase.epochs - 1:
-      state, aux = jax.jit(phase.after)(state, aux)
+      state, aux = _compile_after(phase.after)(state, aux, info_at(k))
     row = {"epoch_index": k + 1, "phase": phase.name, "phase_epoch": e + 1, "steps": len(batches),
            **{f"train_{n}": float(v) / max(len(batches), 1) for n, v in sums.items()},
            # Unlearning cost of this epoch, evaluation and compilation (compile_s) excluded; a

@@ -26,11 +26,10 @@ Batches: one pass over retain per epoch, the last partial batch kept (masked), a
 
 from __future__ import annotations
 
-import jax
-
 from mu_jax.methods import common
 from mu_jax.methods.base import Phase, Unlearner, check_positive
 from mu_jax.models.registry import last_blocks
+from mu_jax.training.state import init_variables
 
 
 def finetune(lr: float = 1e-3, epochs: int = 2, momentum: float = 0.0,
@@ -60,24 +59,21 @@ def _frozen(name: str, k: int, lr: float, epochs: int, momentum: float, reinit: 
             bn_mode: str) -> Unlearner:
   check_positive(name, lr=lr, epochs=epochs, k=k)
   train = common.bn_train(name, bn_mode)
-  opt = common.reference_sgd(lr, momentum)
 
   def init(state, rng, spec):
     trainable = last_blocks(spec.model, k)
-    state = state.replace(tx=common.freeze_all_but(opt, trainable))
     if reinit:
-      fresh = spec.model.init(rng, jax.numpy.zeros((1, *spec.image_shape)), train=False)
+      fresh = init_variables(spec.model, rng, spec.image_shape)
       params = {n: (fresh["params"][n] if n in trainable else p) for n, p in state.params.items()}
       stats = {n: (fresh["batch_stats"][n] if n in trainable and n in fresh["batch_stats"] else s)
                for n, s in state.batch_stats.items()}
       state = state.replace(params=params, batch_stats=stats)
-    return state.replace(opt_state=state.tx.init(state.params)), {}
+    # Only the last k blocks change (the step's gradient mask); CF-k and EU-k share one step.
+    return state, {"trainable": common.trainable_mask(state.params, trainable)}
 
-  # The optimizer is replaced in init (it needs the model's block names); the driver's initial
-  # state uses the plain optimizer only until then.
   return Unlearner(name=name, hparams={"k": k, "lr": lr, "epochs": epochs, "momentum": momentum,
                                        "bn_mode": bn_mode},
-                   optimizer=opt, init=init,
+                   optimizer=common.reference_sgd(lr, momentum), init=init,
                    phases=lambda spec: [Phase("retain", "retain",
                                               common.supervised_step(spec.task, train=train), epochs,
                                               partial="keep")])

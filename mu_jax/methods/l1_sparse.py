@@ -26,6 +26,8 @@ of the Fisher methods; 0.2·‖θ‖₁ would dwarf the CE of a ResNet-18.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -33,18 +35,17 @@ from mu_jax.methods import common
 from mu_jax.methods.base import Phase, Unlearner, check_non_negative, check_positive
 
 
-def l1_coefficient(alpha: float, epoch: jax.Array, epochs: int, no_l1_epochs: int) -> jax.Array:
-  """α_t of epoch ``epoch`` (0-based).
+def l1_coefficient(alpha: jax.Array, epoch: jax.Array, l1_epochs: jax.Array) -> jax.Array:
+  """α_t of epoch ``epoch`` (0-based), with ``l1_epochs`` = E − no_l1_epochs.
 
-  α·(1 − t/(E − no_l1)) while t < E − no_l1, else 0; the constant α when ``no_l1_epochs == epochs``
-  (the official non-ImageNet branch, see the module docstring).
+  α·(1 − t/(E − no_l1)) while t < E − no_l1, else 0; the constant α when ``l1_epochs == 0``
+  (the official non-ImageNet branch, see the module docstring). Every argument may be traced.
   """
-  l1_epochs = epochs - no_l1_epochs
   t = jnp.asarray(epoch, jnp.float32)
-  if l1_epochs == 0:
-    return jnp.full_like(t, alpha)
-  decayed = alpha * (1.0 - t / l1_epochs)
-  return jnp.where(t < l1_epochs, decayed, 0.0).astype(jnp.float32)
+  alpha = jnp.asarray(alpha, jnp.float32)
+  l1_epochs = jnp.asarray(l1_epochs, jnp.float32)
+  decayed = jnp.where(t < l1_epochs, alpha * (1.0 - t / jnp.maximum(l1_epochs, 1.0)), 0.0)
+  return jnp.where(l1_epochs == 0, alpha, decayed).astype(jnp.float32)
 
 
 def l1_norm(params) -> jax.Array:
@@ -80,27 +81,33 @@ def l1_sparse(alpha: float = 5e-4, lr: float = 1e-2, epochs: int = 10, no_l1_epo
     raise ValueError(f"l1_sparse: no_l1_epochs ({no_l1_epochs}) exceeds epochs ({epochs})")
 
   def phases(spec):
-    task = spec.task
-
-    def step(state, aux, batch, rng, info):
-      del rng
-      coef = l1_coefficient(alpha, info["epoch"], epochs, no_l1_epochs)
-      mask = batch.get("mask")
-
-      def loss_fn(params):
-        logits, stats = common.forward(state, params, state.batch_stats, batch["image"], mask=mask)
-        ce = common.task_loss(logits, batch["label"], task, mask)
-        norm = l1_norm(params)
-        return ce + coef * norm, (stats, {
-            "task_loss": ce, "l1_norm": norm, "l1_alpha": coef,
-            "accuracy": common.accuracy(logits, batch["label"], task, mask)})
-
-      state, metrics = common.gradient_step(state, loss_fn)
-      return state, aux, metrics
-
-    return [Phase("retain_l1", "retain", step, epochs)]
+    return [Phase("retain_l1", "retain", _step(spec.task), epochs)]
 
   return Unlearner(
       "l1_sparse", {"alpha": alpha, "lr": lr, "epochs": epochs, "no_l1_epochs": no_l1_epochs,
                     "momentum": momentum, "weight_decay": weight_decay},
-      common.reference_sgd(lr, momentum, weight_decay), phases)
+      common.reference_sgd(lr, momentum, weight_decay), phases,
+      traced={"alpha": alpha, "l1_epochs": float(epochs - no_l1_epochs)})
+
+
+@functools.cache
+def _step(task: str):
+  """CE + α_t·‖θ‖₁ on a retain batch; α and the decaying epochs come from ``info["hp"]``."""
+
+  def step(state, aux, batch, rng, info):
+    del rng
+    coef = l1_coefficient(info["hp"]["alpha"], info["epoch"], info["hp"]["l1_epochs"])
+    mask = batch.get("mask")
+
+    def loss_fn(params):
+      logits, stats = common.forward(state, params, state.batch_stats, batch["image"], mask=mask)
+      ce = common.task_loss(logits, batch["label"], task, mask)
+      norm = l1_norm(params)
+      return ce + coef * norm, (stats, {
+          "task_loss": ce, "l1_norm": norm, "l1_alpha": coef,
+          "accuracy": common.accuracy(logits, batch["label"], task, mask)})
+
+    state, metrics = common.gradient_step(state, loss_fn)
+    return state, aux, metrics
+
+  return step

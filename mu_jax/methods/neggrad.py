@@ -21,6 +21,8 @@ Both load a fresh model in the reference, so the model is in train mode (``bn_mo
 
 from __future__ import annotations
 
+import functools
+
 from mu_jax.methods import common
 from mu_jax.methods.base import Phase, Unlearner, check_positive
 
@@ -49,8 +51,7 @@ def neggrad(lr: float = 1e-3, epochs: int = 2, stream: str = "paired",
     if stream == "forget":
       return [Phase("ascent", "forget", ascent, epochs)]
     # Paired batches: ignore the retain half, as the reference does.
-    return [Phase("ascent", "paired", lambda s, a, b, r, i: ascent(s, a, b["forget"], r, i), epochs,
-                  partial="skip")]
+    return [Phase("ascent", "paired", common.forget_half(ascent), epochs, partial="skip")]
 
   return Unlearner("neggrad", {"lr": lr, "epochs": epochs, "stream": stream, "bn_mode": bn_mode},
                    common.reference_sgd(lr), phases)
@@ -80,27 +81,33 @@ def neggrad_plus(alpha: float = 0.5, scale: float = 2.0, lr: float = 1e-3, epoch
   train = common.bn_train("neggrad_plus", bn_mode)
 
   def phases(spec):
-    task = spec.task
-
-    def step(state, aux, batch, rng, info):
-      del rng, info
-      f, r = batch["forget"], batch["retain"]
-
-      def loss_fn(params):
-        lr_, stats = common.forward(state, params, state.batch_stats, r["image"], train=train,
-                                    mask=r.get("mask"))
-        lf_, stats = common.forward(state, params, stats, f["image"], train=train,
-                                    mask=f.get("mask"))
-        ce_r = common.task_loss(lr_, r["label"], task, r.get("mask"))
-        ce_f = common.task_loss(lf_, f["label"], task, f.get("mask"))
-        loss = scale * (alpha * ce_r - (1 - alpha) * ce_f)
-        return loss, (stats, {"retain_ce": ce_r, "forget_ce": ce_f})
-
-      state, metrics = common.gradient_step(state, loss_fn)
-      return state, aux, metrics
-
-    return [Phase("joint", stream, step, epochs, partial="skip")]
+    return [Phase("joint", stream, _joint_step(spec.task, train), epochs, partial="skip")]
 
   return Unlearner("neggrad_plus", {"alpha": alpha, "scale": scale, "lr": lr, "epochs": epochs,
                                     "stream": stream, "bn_mode": bn_mode},
-                   common.reference_sgd(lr), phases)
+                   common.reference_sgd(lr), phases, traced={"alpha": alpha, "scale": scale})
+
+
+@functools.cache
+def _joint_step(task: str, train: bool):
+  """The NegGrad+ step on a forget/retain pair; ``alpha`` and ``scale`` come from ``info["hp"]``."""
+
+  def step(state, aux, batch, rng, info):
+    del rng
+    alpha, scale = info["hp"]["alpha"], info["hp"]["scale"]
+    f, r = batch["forget"], batch["retain"]
+
+    def loss_fn(params):
+      lr_, stats = common.forward(state, params, state.batch_stats, r["image"], train=train,
+                                  mask=r.get("mask"))
+      lf_, stats = common.forward(state, params, stats, f["image"], train=train,
+                                  mask=f.get("mask"))
+      ce_r = common.task_loss(lr_, r["label"], task, r.get("mask"))
+      ce_f = common.task_loss(lf_, f["label"], task, f.get("mask"))
+      loss = scale * (alpha * ce_r - (1 - alpha) * ce_f)
+      return loss, (stats, {"retain_ce": ce_r, "forget_ce": ce_f})
+
+    state, metrics = common.gradient_step(state, loss_fn)
+    return state, aux, metrics
+
+  return step

@@ -23,6 +23,7 @@ lr searched in [1e-4, 1e-1] on CIFAR-10.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -51,14 +52,15 @@ def relabel(rng: jax.Array, labels: jax.Array, positions: jax.Array, num_classes
   return jax.vmap(lambda k, y: common.random_wrong_labels(k, y, num_classes, task))(keys, labels)
 
 
+@functools.cache
 def make_step(task: str, num_classes: int, masked: bool = False) -> Callable[..., Any]:
   """The RL step on a paired batch: CE(forget, random labels) + CE(retain).
 
   Args:
     task: "multiclass" or "multilabel".
     num_classes: C.
-    masked: multiply gradients by ``aux["mask"]`` and keep masked-out weights at their value
-      before the step (SalUn); the optimizer could otherwise move them through weight decay.
+    masked: only the weights where ``aux["mask"]`` is 1 change (SalUn): their gradient is masked
+      and the others are kept exactly (:func:`mu_jax.methods.common.gradient_step`).
 
   Returns:
     ``step(state, aux, batch, rng, info) -> (state, aux, metrics)``.
@@ -68,7 +70,6 @@ def make_step(task: str, num_classes: int, masked: bool = False) -> Callable[...
     del info
     f, r = batch["forget"], batch["retain"]
     y_rand = relabel(rng, f["label"], parallel.global_index(f["label"].shape[0]), num_classes, task)
-
     mf, mr = f.get("mask"), r.get("mask")
 
     def loss_fn(params):
@@ -82,15 +83,8 @@ def make_step(task: str, num_classes: int, masked: bool = False) -> Callable[...
           "forget_accuracy": common.accuracy(logits_f, f["label"], task, mf),
           "retain_accuracy": common.accuracy(logits_r, r["label"], task, mr)})
 
-    mask = aux["mask"] if masked else None
-    new_state, metrics = common.gradient_step(state, loss_fn, grad_mask=mask)
-    if masked:
-      # A zero gradient leaves a weight in place only under plain SGD; weight decay (and momentum
-      # fed by it) would still move it. Restore masked-out weights exactly, as SalUn's code does.
-      params = jax.tree.map(lambda m, new, old: jnp.where(m > 0, new, old),
-                            mask, new_state.params, state.params)
-      new_state = new_state.replace(params=params)
-    return new_state, aux, metrics
+    state, metrics = common.gradient_step(state, loss_fn, aux["mask"] if masked else None)
+    return state, aux, metrics
 
   return step
 

@@ -26,6 +26,8 @@ decay 5e-4); that lr is tuned for CIFAR-10 at batch 256 and is not carried over.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,28 +42,38 @@ from mu_jax.methods.random_labels import make_step
 def saliency_mask(grads, threshold: float):
   """A 0/1 tree like ``grads``: 1 on the ⌊N·threshold⌋ weights with the largest |grad|.
 
-  The ranking is global over all leaves; ties are broken by position in the flattened tree, so
-  the count of ones is exact.
-
   Args:
     grads: accumulated gradients (a tree of arrays).
     threshold: the fraction of weights kept trainable, in (0, 1].
 
   Returns:
-    A float32 tree of 0/1 with the structure of ``grads``.
+    A float32 tree of 0/1 with the structure of ``grads`` (see :func:`top_mask`).
+  """
+  return top_mask(grads, int(_size(grads) * threshold))
+
+
+def _size(tree) -> int:
+  return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(tree))
+
+
+def top_mask(grads, count: int | jax.Array):
+  """A 0/1 tree like ``grads``: 1 on the ``count`` weights with the largest |grad|.
+
+  The ranking is global over all leaves; ties are broken by position in the flattened tree, so
+  the count of ones is exact. ``count`` may be traced: one program serves every threshold.
   """
   leaves, treedef = jax.tree.flatten(grads)
   flat = jnp.concatenate([jnp.abs(x).ravel().astype(jnp.float32) for x in leaves])
   n = flat.shape[0]
-  k = int(n * threshold)
   order = jnp.argsort(-flat, stable=True)
   ranks = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
-  keep = (ranks < k).astype(jnp.float32)
+  keep = (ranks < count).astype(jnp.float32)
   sizes = np.cumsum([x.size for x in leaves])[:-1]
   parts = jnp.split(keep, sizes)
   return jax.tree.unflatten(treedef, [p.reshape(x.shape) for p, x in zip(parts, leaves)])
 
 
+@functools.cache
 def _saliency_step(task: str):
 
   def step(state, aux, batch, rng, info):
@@ -94,7 +106,8 @@ def salun(threshold: float = 0.5, lr: float = 1e-3, epochs: int = 2, momentum: f
     weight_decay: L2 added to the gradient (same remark).
 
   Returns:
-    The :class:`Unlearner`; its aux holds ``grad`` (the accumulated forget gradient) and ``mask``.
+    The :class:`Unlearner`; its aux holds ``grad`` (the accumulated forget gradient), ``mask``
+    and ``count`` (⌊N·threshold⌋, the number of weights the mask keeps).
   """
   check_positive("salun", lr=lr, epochs=epochs)
   check_non_negative("salun", momentum=momentum, weight_decay=weight_decay)
@@ -107,14 +120,13 @@ def salun(threshold: float = 0.5, lr: float = 1e-3, epochs: int = 2, momentum: f
     # (the driver checkpoints and restores it against the initial structure).
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
     ones = jax.tree.map(lambda p: jnp.ones(p.shape, jnp.float32), state.params)
-    return state, {"grad": zeros, "mask": ones}
-
-  def make_mask(state, aux):
-    return state, {**aux, "mask": saliency_mask(aux["grad"], threshold)}
+    # ⌊N·threshold⌋ in float64 here, exact; the mask's program takes it as data.
+    count = jnp.int32(int(_size(state.params) * threshold))
+    return state, {"grad": zeros, "mask": ones, "count": count}
 
   def phases(spec):
     return [
-        Phase("saliency", "forget", _saliency_step(spec.task), 1, augment=False, after=make_mask),
+        Phase("saliency", "forget", _saliency_step(spec.task), 1, augment=False, after=_make_mask),
         Phase("random_labels", "paired", make_step(spec.task, spec.num_classes, masked=True),
               epochs),
     ]
@@ -123,3 +135,8 @@ def salun(threshold: float = 0.5, lr: float = 1e-3, epochs: int = 2, momentum: f
       "salun", {"threshold": threshold, "lr": lr, "epochs": epochs, "momentum": momentum,
                 "weight_decay": weight_decay},
       common.reference_sgd(lr, momentum, weight_decay), phases, init)
+
+
+def _make_mask(state, aux, info):
+  del info
+  return state, {**aux, "mask": top_mask(aux["grad"], aux["count"])}

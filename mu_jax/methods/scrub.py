@@ -36,6 +36,7 @@ statistics; its running statistics move with each step's single forward pass).
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax.numpy as jnp
@@ -58,15 +59,18 @@ def teacher_logits(state, aux, images):
   return logits
 
 
-def min_step(task: str, temperature: float, gamma: float = 1.0, alpha: float = 1.0,
-             train: bool = True):
+@functools.cache
+def min_step(task: str, train: bool = True):
   """A step on ``gamma * task loss + alpha * KL(teacher ‖ student)`` of a retain batch.
 
+  ``temperature`` (and ``gamma``, ``alpha``, each 1 when absent) come from ``info["hp"]``.
   ``train``: the student's BatchNorm mode (the teacher always runs in eval mode).
   """
 
   def step(state, aux, batch, rng, info):
-    del rng, info
+    del rng
+    hp = info["hp"]
+    temperature, gamma, alpha = hp["temperature"], hp.get("gamma", 1.0), hp.get("alpha", 1.0)
     mask = batch.get("mask")
     t_logits = teacher_logits(state, aux, batch["image"])
 
@@ -84,11 +88,16 @@ def min_step(task: str, temperature: float, gamma: float = 1.0, alpha: float = 1
   return step
 
 
-def max_step(task: str, temperature: float, train: bool = True):
-  """A step on ``-KL(teacher ‖ student)`` of a forget batch (moves the student away)."""
+@functools.cache
+def max_step(task: str, train: bool = True):
+  """A step on ``-KL(teacher ‖ student)`` of a forget batch (moves the student away).
+
+  ``temperature`` comes from ``info["hp"]``.
+  """
 
   def step(state, aux, batch, rng, info):
-    del rng, info
+    del rng
+    temperature = info["hp"]["temperature"]
     mask = batch.get("mask")
     t_logits = teacher_logits(state, aux, batch["image"])
 
@@ -124,10 +133,10 @@ def scrub(temperature: float = 4.0, lr: float = 1e-3, epochs: int = 2,
 
   def phases(spec):
     # The same step objects for every epoch: each compiles once.
-    retain = min_step(spec.task, temperature, train=train)
+    retain = min_step(spec.task, train=train)
     if spec.task == "multilabel":
       return [Phase("min_retain", "retain", retain, epochs, partial="keep")]
-    forget = max_step(spec.task, temperature, train=train)
+    forget = max_step(spec.task, train=train)
     out = []
     for _ in range(epochs):
       out += [Phase("min_retain", "retain", retain, partial="keep"),
@@ -136,10 +145,12 @@ def scrub(temperature: float = 4.0, lr: float = 1e-3, epochs: int = 2,
 
   return Unlearner(name="scrub", hparams={"temperature": temperature, "lr": lr, "epochs": epochs,
                                           "bn_mode": bn_mode},
-                   optimizer=common.reference_sgd(lr), phases=phases, init=teacher_init)
+                   optimizer=common.reference_sgd(lr), phases=phases, init=teacher_init,
+                   traced={"temperature": temperature})
 
 
-def lr_factor(epoch: jnp.ndarray, decay_epochs: Sequence[int], decay_rate: float) -> jnp.ndarray:
+def lr_factor(epoch: jnp.ndarray, decay_epochs: Sequence[int], decay_rate: float | jnp.ndarray
+              ) -> jnp.ndarray:
   """The official ``sgda_adjust_learning_rate``: rate ** (number of boundaries below ``epoch``).
 
   ``epoch`` counts from 1, so with boundaries (5, 8, 9) epochs 1-5 run at the full rate, 6-8 at
@@ -154,17 +165,9 @@ def lr_factor(epoch: jnp.ndarray, decay_epochs: Sequence[int], decay_rate: float
 def _official_optimizer(lr: float, weight_decay: float, momentum: float, optimizer: str
                         ) -> optax.GradientTransformation:
   """torch Adam / SGD with coupled weight decay; the learning rate lives in the state."""
-
-  def make(learning_rate):
-    parts = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
-    if optimizer == "adam":
-      parts.append(optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8))
-    elif momentum:
-      parts.append(optax.trace(decay=momentum))
-    parts.append(optax.scale_by_learning_rate(learning_rate))
-    return optax.chain(*parts)
-
-  return optax.inject_hyperparams(make)(learning_rate=lr)
+  if optimizer == "adam":
+    return common.reference_adam(lr, weight_decay)
+  return common.reference_sgd(lr, momentum, weight_decay)
 
 
 def with_learning_rate(state, lr: jnp.ndarray):
@@ -222,24 +225,14 @@ def scrub_official(alpha: float = 0.5, gamma: float = 1.0, beta: float = 0.0,
     state, aux = teacher_init(state, rng, spec)
     return state, {**aux, "epoch": jnp.ones((), jnp.int32)}
 
-  def scheduled(step):
-    def wrapped(state, aux, batch, rng, info):
-      rate = lr * lr_factor(aux["epoch"], decay, lr_decay_rate)
-      state, aux, metrics = step(with_learning_rate(state, rate), aux, batch, rng, info)
-      return state, aux, {**metrics, "lr": rate}
-    return wrapped
-
-  def next_epoch(state, aux):
-    return state, {**aux, "epoch": aux["epoch"] + 1}
-
   def phases(spec):
-    forget = scheduled(max_step(spec.task, temperature))
-    retain = scheduled(min_step(spec.task, temperature, gamma=gamma, alpha=alpha))
+    forget = _scheduled(max_step(spec.task), decay)
+    retain = _scheduled(min_step(spec.task), decay)
     out = []
     for e in range(1, epochs + 1):
       if e <= msteps:
         out.append(Phase("max_forget", "forget", forget))
-      out.append(Phase("min_retain", "retain", retain, after=next_epoch))
+      out.append(Phase("min_retain", "retain", retain, after=_next_epoch))
     return out
 
   return Unlearner(
@@ -249,4 +242,24 @@ def scrub_official(alpha: float = 0.5, gamma: float = 1.0, beta: float = 0.0,
                "lr_decay_rate": lr_decay_rate, "weight_decay": weight_decay, "momentum": momentum,
                "optimizer": optimizer},
       optimizer=_official_optimizer(lr, weight_decay, momentum, optimizer), phases=phases,
-      init=init, tasks=("multiclass",))
+      init=init, tasks=("multiclass",),
+      traced={"alpha": alpha, "gamma": gamma, "temperature": temperature, "lr": lr,
+              "lr_decay_rate": lr_decay_rate})
+
+
+@functools.cache
+def _scheduled(step, decay_epochs: tuple[int, ...]):
+  """``step`` run at ``hp["lr"]`` times the official schedule's factor for ``aux["epoch"]``."""
+
+  def wrapped(state, aux, batch, rng, info):
+    hp = info["hp"]
+    rate = hp["lr"] * lr_factor(aux["epoch"], decay_epochs, hp["lr_decay_rate"])
+    state, aux, metrics = step(with_learning_rate(state, rate), aux, batch, rng, info)
+    return state, aux, {**metrics, "lr": rate}
+
+  return wrapped
+
+
+def _next_epoch(state, aux, info):
+  del info
+  return state, {**aux, "epoch": aux["epoch"] + 1}

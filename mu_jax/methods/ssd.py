@@ -24,6 +24,8 @@ Multilabel tasks use the BCE task loss in the importance (the rule itself is tas
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -34,7 +36,7 @@ from mu_jax.methods import common
 from mu_jax.methods.base import Phase, Unlearner, check_positive
 
 
-def dampen(params, imp_forget, imp_data, alpha: float, lambda_: float):
+def dampen(params, imp_forget, imp_data, alpha: float | jax.Array, lambda_: float | jax.Array):
   """Applies the SSD rule leaf by leaf (see the module docstring).
 
   Args:
@@ -57,6 +59,7 @@ def dampen(params, imp_forget, imp_data, alpha: float, lambda_: float):
   return jax.tree.map(one, params, imp_forget, imp_data)
 
 
+@functools.cache
 def _importance_step(task: str):
   """Adds the squared global-batch gradient to ``aux["running"]`` and counts the batch."""
 
@@ -100,20 +103,26 @@ def ssd(alpha: float = 10.0, lambda_: float = 1.0) -> Unlearner:
                    "forget_batches": jnp.zeros((), jnp.float32),
                    "running_batches": jnp.zeros((), jnp.float32)}
 
-  def end_forget_pass(state, aux):
-    return state, {"forget": aux["running"], "forget_batches": aux["running_batches"],
-                   "running": jax.tree.map(jnp.zeros_like, aux["running"]),
-                   "running_batches": jnp.zeros_like(aux["running_batches"])}
-
-  def end_train_pass(state, aux):
-    mean = lambda s, n: jax.tree.map(lambda x: x / jnp.maximum(n, 1.0), s)
-    imp_forget = mean(aux["forget"], aux["forget_batches"])
-    imp_data = mean(aux["running"], aux["running_batches"])
-    return state.replace(params=dampen(state.params, imp_forget, imp_data, alpha, lambda_)), aux
-
   def phases(spec):
     step = _importance_step(spec.task)
-    return [Phase("importance_forget", "forget", step, 1, augment=False, after=end_forget_pass),
-            Phase("importance_train", "train", step, 1, augment=False, after=end_train_pass)]
+    return [Phase("importance_forget", "forget", step, 1, augment=False, after=_end_forget_pass),
+            Phase("importance_train", "train", step, 1, augment=False, after=_end_train_pass)]
 
-  return Unlearner("ssd", {"alpha": alpha, "lambda_": lambda_}, optax.set_to_zero(), phases, init)
+  return Unlearner("ssd", {"alpha": alpha, "lambda_": lambda_}, optax.set_to_zero(), phases, init,
+                   traced={"alpha": alpha, "lambda_": lambda_})
+
+
+def _end_forget_pass(state, aux, info):
+  del info
+  return state, {"forget": aux["running"], "forget_batches": aux["running_batches"],
+                 "running": jax.tree.map(jnp.zeros_like, aux["running"]),
+                 "running_batches": jnp.zeros_like(aux["running_batches"])}
+
+
+def _end_train_pass(state, aux, info):
+  mean = lambda s, n: jax.tree.map(lambda x: x / jnp.maximum(n, 1.0), s)
+  imp_forget = mean(aux["forget"], aux["forget_batches"])
+  imp_data = mean(aux["running"], aux["running_batches"])
+  hp = info["hp"]
+  return state.replace(params=dampen(state.params, imp_forget, imp_data, hp["alpha"],
+                                     hp["lambda_"])), aux

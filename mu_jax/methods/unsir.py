@@ -62,6 +62,8 @@ Tarun, Chundawat, Mandal and Kankanhalli, "Fast Yet Effective Machine Unlearning
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -70,6 +72,7 @@ from jax import lax
 from mu_jax import parallel
 from mu_jax.methods import common
 from mu_jax.methods.base import Phase, Unlearner, check_positive
+from mu_jax.training.state import with_hyperparams
 
 
 def _axis_size() -> int:
@@ -164,32 +167,9 @@ def unsir(noise_steps: int = 5, noise_lr: float = 0.01, lr: float = 1e-3, impair
   bn_mode = "train" if train_mode else "eval"
 
   def phases(spec):
-    task = spec.task
-
-    def impair(state, aux, batch, rng, info):
-      del info
-      f, r = batch["forget"], batch["retain"]
-      noise, mse = instance_noise(state, f["image"], rng, steps=noise_steps, lr=noise_lr,
-                                  train=train_mode)
-      noise_labels = _labels_at_global_rows(r["label"], noise.shape[0])
-
-      def loss_fn(params):
-        # Two passes, noise then retain, chaining BN statistics as the reference's two calls do.
-        logits_n, stats = common.forward(state, params, state.batch_stats, noise, train=train_mode)
-        logits_r, stats = common.forward(state, params, stats, r["image"], train=train_mode)
-        noise_loss = common.task_loss(logits_n, noise_labels, task)
-        retain_loss = common.task_loss(logits_r, r["label"], task)
-        return noise_loss + retain_loss, (stats, {
-            "noise_loss": noise_loss, "retain_loss": retain_loss,
-            "retain_accuracy": common.accuracy(logits_r, r["label"], task)})
-
-      state, metrics = common.gradient_step(state, loss_fn)
-      # mse is already averaged over the devices.
-      return state, aux, {**metrics, "noise_mse_start": mse[0], "noise_mse_end": mse[-1]}
-
-    out = [Phase("impair", "zip", impair, impair_epochs)]
+    out = [Phase("impair", "zip", _impair_step(spec.task, noise_steps, train_mode), impair_epochs)]
     if repair_epochs:
-      out.append(Phase("repair", "retain", common.supervised_step(task, train=train_mode),
+      out.append(Phase("repair", "retain", common.supervised_step(spec.task, train=train_mode),
                        repair_epochs, partial="keep"))
     return out
 
@@ -198,13 +178,34 @@ def unsir(noise_steps: int = 5, noise_lr: float = 0.01, lr: float = 1e-3, impair
       hparams={"noise_steps": noise_steps, "noise_lr": noise_lr, "lr": lr,
                "impair_epochs": impair_epochs, "repair_epochs": repair_epochs,
                "train_mode": train_mode, "bn_mode": bn_mode},
-      optimizer=common.reference_sgd(lr), phases=phases)
+      optimizer=common.reference_sgd(lr), phases=phases, traced={"noise_lr": noise_lr})
 
 
-def _adam(lr: float) -> optax.GradientTransformation:
-  # torch.optim.Adam defaults (betas 0.9/0.999, eps 1e-8, no weight decay); the learning rate is a
-  # hyperparameter in the state so the repair can restart Adam at its own rate.
-  return optax.inject_hyperparams(optax.adam)(learning_rate=lr)
+@functools.cache
+def _impair_step(task: str, noise_steps: int, train_mode: bool):
+  """A model step on a batch of fresh error-maximising noise (retain labels) plus the retain batch."""
+
+  def impair(state, aux, batch, rng, info):
+    f, r = batch["forget"], batch["retain"]
+    noise, mse = instance_noise(state, f["image"], rng, steps=noise_steps,
+                                lr=info["hp"]["noise_lr"], train=train_mode)
+    noise_labels = _labels_at_global_rows(r["label"], noise.shape[0])
+
+    def loss_fn(params):
+      # Two passes, noise then retain, chaining BN statistics as the reference's two calls do.
+      logits_n, stats = common.forward(state, params, state.batch_stats, noise, train=train_mode)
+      logits_r, stats = common.forward(state, params, stats, r["image"], train=train_mode)
+      noise_loss = common.task_loss(logits_n, noise_labels, task)
+      retain_loss = common.task_loss(logits_r, r["label"], task)
+      return noise_loss + retain_loss, (stats, {
+          "noise_loss": noise_loss, "retain_loss": retain_loss,
+          "retain_accuracy": common.accuracy(logits_r, r["label"], task)})
+
+    state, metrics = common.gradient_step(state, loss_fn)
+    # mse is already averaged over the devices.
+    return state, aux, {**metrics, "noise_mse_start": mse[0], "noise_mse_end": mse[-1]}
+
+  return impair
 
 
 def class_noise(state, forget_classes: jax.Array, rng: jax.Array, *, noise_batch: int,
@@ -325,54 +326,14 @@ def unsir_class(noise_batch: int = 64, noise_lr: float = 0.1, noise_epochs: int 
     return state, aux
 
   def phases(spec):
-    num_classes, image_shape = spec.num_classes, tuple(spec.image_shape)
-
-    def find_classes(state, aux, batch, rng, info):
-      del rng, info
-      seen = jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.float32)
-      if "mask" in batch:  # padded rows of the last batch are no forget examples
-        seen = seen * batch["mask"][:, None]
-      seen = seen.max(0)
-      seen = lax.pmax(seen, parallel.AXIS)
-      aux = {**aux, "forget_classes": jnp.maximum(aux["forget_classes"], seen)}
-      return state, aux, {"loss": jnp.float32(0), "forget_classes": aux["forget_classes"].sum()}
-
-    def learn_noise(state, aux, batch, rng, info):
-      del batch, info
-      noise, metrics = class_noise(state, aux["forget_classes"], rng, noise_batch=noise_batch,
-                                   image_shape=image_shape, steps=noise_epochs * noise_steps,
-                                   lr=noise_lr, reg_weight=reg_weight)
-      return state, {**aux, "noise": noise}, {"loss": -metrics["noise_ce_end"], **metrics}
-
-    def impair(state, aux, batch, rng, info):
-      del rng, info
-      b = batch["image"].shape[0]
-      m = max(1, int(round(noise_ratio * b)))
-      # state.step counts impair steps (the earlier phases take no optimizer step).
-      x_noise, y_noise = noise_rows(aux, m, state.step * m * _axis_size())
-      images = jnp.concatenate([batch["image"], x_noise.astype(batch["image"].dtype)])
-      labels = jnp.concatenate([batch["label"].astype(jnp.int32), y_noise])
-
-      def loss_fn(params):
-        # One train-mode pass over the mixed batch, as the official shuffled loader feeds it.
-        logits, stats = common.forward(state, params, state.batch_stats, images, train=True)
-        loss = common.task_loss(logits, labels, "multiclass")
-        return loss, (stats, {
-            "retain_accuracy": common.accuracy(logits[:b], batch["label"], "multiclass"),
-            "noise_accuracy": common.accuracy(logits[b:], y_noise, "multiclass")})
-
-      state, metrics = common.gradient_step(state, loss_fn)
-      return state, aux, metrics
-
-    def restart_adam(state, aux):
-      # The official repair builds a new Adam (lr 0.01): zero moments, its own learning rate. The
-      # state keeps the impair transformation, which reads its learning rate from this state.
-      return state.replace(opt_state=_adam(repair_lr).init(state.params)), aux
-
     # The class pass keeps the last partial batch, so every forget example is seen.
-    out = [Phase("classes", "forget", find_classes, 1, augment=False, partial="keep"),
-           Phase("noise", "forget", learn_noise, 1, augment=False, max_steps=1),
-           Phase("impair", "retain", impair, impair_epochs, after=restart_adam)]
+    out = [Phase("classes", "forget", _find_classes(spec.num_classes), 1, augment=False,
+                 partial="keep"),
+           Phase("noise", "forget",
+                 _learn_noise(noise_batch, tuple(spec.image_shape), noise_epochs * noise_steps), 1,
+                 augment=False, max_steps=1),
+           Phase("impair", "retain", _class_impair_step(noise_ratio), impair_epochs,
+                 after=_restart_adam)]
     if repair_epochs:
       out.append(Phase("repair", "retain", common.supervised_step("multiclass"), repair_epochs,
                        partial="keep"))
@@ -384,4 +345,70 @@ def unsir_class(noise_batch: int = 64, noise_lr: float = 0.1, noise_epochs: int 
                "noise_steps": noise_steps, "reg_weight": reg_weight, "noise_ratio": noise_ratio,
                "impair_lr": impair_lr, "repair_lr": repair_lr, "impair_epochs": impair_epochs,
                "repair_epochs": repair_epochs},
-      optimizer=_adam(impair_lr), phases=phases, init=init, tasks=("multiclass",))
+      optimizer=common.reference_adam(impair_lr), phases=phases, init=init, tasks=("multiclass",),
+      traced={"noise_lr": noise_lr, "reg_weight": reg_weight, "repair_lr": repair_lr})
+
+
+@functools.cache
+def _find_classes(num_classes: int):
+  """Marks the classes of a forget batch in ``aux["forget_classes"]`` (no update)."""
+
+  def find_classes(state, aux, batch, rng, info):
+    del rng, info
+    seen = jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.float32)
+    if "mask" in batch:  # padded rows of the last batch are no forget examples
+      seen = seen * batch["mask"][:, None]
+    seen = seen.max(0)
+    seen = lax.pmax(seen, parallel.AXIS)
+    aux = {**aux, "forget_classes": jnp.maximum(aux["forget_classes"], seen)}
+    return state, aux, {"loss": jnp.float32(0), "forget_classes": aux["forget_classes"].sum()}
+
+  return find_classes
+
+
+@functools.cache
+def _learn_noise(noise_batch: int, image_shape: tuple[int, ...], steps: int):
+  """Learns every forget class's noise in one step (``noise_lr``, ``reg_weight`` from hp)."""
+
+  def learn_noise(state, aux, batch, rng, info):
+    del batch
+    hp = info["hp"]
+    noise, metrics = class_noise(state, aux["forget_classes"], rng, noise_batch=noise_batch,
+                                 image_shape=image_shape, steps=steps, lr=hp["noise_lr"],
+                                 reg_weight=hp["reg_weight"])
+    return state, {**aux, "noise": noise}, {"loss": -metrics["noise_ce_end"], **metrics}
+
+  return learn_noise
+
+
+@functools.cache
+def _class_impair_step(noise_ratio: float):
+  """A model step on the retain batch mixed with ``noise_ratio`` times as many noise images."""
+
+  def impair(state, aux, batch, rng, info):
+    del rng, info
+    b = batch["image"].shape[0]
+    m = max(1, int(round(noise_ratio * b)))
+    # state.step counts impair steps (the earlier phases take no optimizer step).
+    x_noise, y_noise = noise_rows(aux, m, state.step * m * _axis_size())
+    images = jnp.concatenate([batch["image"], x_noise.astype(batch["image"].dtype)])
+    labels = jnp.concatenate([batch["label"].astype(jnp.int32), y_noise])
+
+    def loss_fn(params):
+      # One train-mode pass over the mixed batch, as the official shuffled loader feeds it.
+      logits, stats = common.forward(state, params, state.batch_stats, images, train=True)
+      loss = common.task_loss(logits, labels, "multiclass")
+      return loss, (stats, {
+          "retain_accuracy": common.accuracy(logits[:b], batch["label"], "multiclass"),
+          "noise_accuracy": common.accuracy(logits[b:], y_noise, "multiclass")})
+
+    state, metrics = common.gradient_step(state, loss_fn)
+    return state, aux, metrics
+
+  return impair
+
+
+def _restart_adam(state, aux, info):
+  # The official repair builds a new Adam (lr 0.01): zero moments, its own learning rate.
+  opt_state = with_hyperparams(state.tx.init(state.params), learning_rate=info["hp"]["repair_lr"])
+  return state.replace(opt_state=opt_state), aux

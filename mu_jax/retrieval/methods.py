@@ -513,7 +513,8 @@ def cure(lr: float = 5e-2, epochs: int = 8, clusters: int = 4, recluster_every: 
            "counts": aux["counts"] + onehot.sum(0), "fresh": jnp.zeros((), jnp.float32)}
     return state, aux, {"loss": jnp.min(d2, -1).mean()}
 
-  def lloyd_update(state, aux):
+  def lloyd_update(state, aux, info):
+    del info
     has = aux["counts"] > 0
     cents = jnp.where(has[:, None], aux["sums"] / jnp.maximum(aux["counts"], 1.0)[:, None],
                       aux["centroids"])

@@ -20,8 +20,15 @@ class TrainState(train_state.TrainState):
 
 def init_variables(model: nn.Module, rng: jax.Array, image_shape: Sequence[int]) -> dict[str, Any]:
   """Initialises parameters and BN statistics for inputs of shape [H, W, C]."""
-  variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, *image_shape), jnp.float32), train=False))(rng)
+  variables = _compiled_init(model, tuple(image_shape))(rng)
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_init(model: nn.Module, image_shape: tuple[int, ...]):
+  # Flax modules compare and hash by their fields: every stage of one model (and every state
+  # template for a restore) reuses one compiled initialisation.
+  return jax.jit(lambda r: model.init(r, jnp.zeros((1, *image_shape), jnp.float32), train=False))
 
 
 def step_schedule(lr: float, steps_per_epoch: int, boundaries_epochs: Sequence[int] = (),
