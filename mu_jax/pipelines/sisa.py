@@ -94,6 +94,20 @@ def _summary(outputs: dict[str, dict[str, np.ndarray]], task: str, lam: float) -
           "nomus": mia.nomus(acc["test_acc"], attack, lam)}
 
 
+def _start_request(workdir: str, record: dict[str, Any], resume_key: str) -> str:
+  """Process 0 writes the request's started audit line; every process returns its id."""
+  rid = audit.start_request(workdir, record, resume_key=resume_key) if parallel.is_primary() else ""
+  return parallel.share(rid)
+
+
+def _remove_tree(path: str) -> None:
+  """Removes a directory (process 0) once no process reads it any more."""
+  parallel.barrier(f"mu_jax.sisa:remove:{path}")
+  if parallel.is_primary():
+    shutil.rmtree(path, ignore_errors=True)
+  parallel.barrier(f"mu_jax.sisa:removed:{path}")
+
+
 def _states_equal(a: sisa.ShardTrainer, b: sisa.ShardTrainer, removed: frozenset[str]) -> bool:
   for s in range(a.partition.num_shards):
     x = serialization.to_state_dict(a.final_state(s, removed))
@@ -119,7 +133,6 @@ def run_sisa(config: Any, workdir: str, *, shards: int = 5, slices: int = 4,
     RequestError: the request names unknown identities or ids, or data already removed.
     WorkdirError: the workdir holds another config's run or SISA slices of other settings.
   """
-  parallel.require_one_process("SISA")
   if forget not in FORGET:
     raise ValueError(f"--forget must be one of {FORGET}, got {forget!r}")
   cfg = engine.to_dict(config)
@@ -197,7 +210,9 @@ def run_sisa(config: Any, workdir: str, *, shards: int = 5, slices: int = 4,
   before = removed_now - set(request.example_ids) if resumed_applied else removed_now
   after = before | frozenset(request.example_ids)
   manifest = exp.dataset.manifest
-  rid = audit.start_request(workdir, {
+  # Every process has read the audit log and the removals; from here on process 0 writes.
+  parallel.barrier(f"mu_jax.sisa:request:{resume_key}")
+  rid = _start_request(workdir, {
       "method": "sisa", "kind": request.kind, "settings": settings,
       "identities": list(request.identities), "num_identities": len(request.identities),
       "num_examples": len(request.example_ids),
@@ -205,7 +220,7 @@ def run_sisa(config: Any, workdir: str, *, shards: int = 5, slices: int = 4,
       "config_hash": checkpoints.config_hash(exp.config), "manifest_hash": manifest.content_hash,
       "partition_hash": part.content_hash,
       "checkpoints_before": {str(s): p for s, p in trainer.final_paths(before).items()}},
-      resume_key=resume_key)
+      resume_key)
   n_id = len(request.identities)
   log(f"request {rid}: forget {n_id} identit{'y' if n_id == 1 else 'ies'} "
       f"({len(request.example_ids)} examples): {', '.join(request.identities[:8])}"
@@ -221,18 +236,15 @@ def run_sisa(config: Any, workdir: str, *, shards: int = 5, slices: int = 4,
   exact = None
   if full_retrain:
     scratch_root = os.path.join(root, "full_retrain")
-    shutil.rmtree(scratch_root, ignore_errors=True)
+    _remove_tree(scratch_root)
     fresh, wall, examples = sisa.retrain_from_scratch(trainer, scratch_root, after)
     exact = _states_equal(trainer, fresh, after)
-    shutil.rmtree(scratch_root, ignore_errors=True)
+    _remove_tree(scratch_root)
     rep.full_retrain_wall_s, rep.full_retrain_measured = wall, True
     if examples != rep.full_retrain_examples:
       raise AssertionError(f"full retrain processed {examples} examples, the plan says "
                            f"{rep.full_retrain_examples}")
   out_after = _outputs(trainer, after, request.example_ids, splits, method, cache, eval_bs)
-  odir = os.path.join(root, "outputs")
-  for s in SPLITS:
-    checkpoints.save_outputs(odir, s, out_after[s])
   other = "mean" if method == "vote" else "vote"
   other_acc = {}
   for name, removed in (("before", before), ("after", after)):
@@ -267,17 +279,21 @@ def run_sisa(config: Any, workdir: str, *, shards: int = 5, slices: int = 4,
              "before": {**s_before, f"test_acc_{other}": other_acc["before"]},
              "after": {**s_after, f"test_acc_{other}": other_acc["after"]},
              "training": trained, "row": row}
-  checkpoints.write_json(results_path, results)
-  checkpoints.write_json(os.path.join(root, "requests", f"{rid}.json"), rep.to_dict())
-  audit.complete_request(workdir, rid, {
-      "method": "sisa", "kind": request.kind, "settings": settings,
-      "identities": list(request.identities), "num_examples": len(request.example_ids),
-      "checkpoints_before": {str(s): p for s, p in rep.checkpoints_before.items()},
-      "checkpoints_after": {str(s): p for s, p in rep.checkpoints_after.items()},
-      "retrained_shards": sorted(rep.touched),
-      "first_slices": {str(s): sl for s, sl in rep.touched.items()},
-      "examples": rep.examples, "wall_s": rep.wall_s, "speedup_examples": rep.speedup_examples,
-      "exact_match": exact, "evaluation": {"before": s_before, "after": s_after}})
+  if parallel.is_primary():
+    for s in SPLITS:
+      checkpoints.save_outputs(os.path.join(root, "outputs"), s, out_after[s])
+    checkpoints.write_json(results_path, results)
+    checkpoints.write_json(os.path.join(root, "requests", f"{rid}.json"), rep.to_dict())
+    audit.complete_request(workdir, rid, {
+        "method": "sisa", "kind": request.kind, "settings": settings,
+        "identities": list(request.identities), "num_examples": len(request.example_ids),
+        "checkpoints_before": {str(s): p for s, p in rep.checkpoints_before.items()},
+        "checkpoints_after": {str(s): p for s, p in rep.checkpoints_after.items()},
+        "retrained_shards": sorted(rep.touched),
+        "first_slices": {str(s): sl for s, sl in rep.touched.items()},
+        "examples": rep.examples, "wall_s": rep.wall_s, "speedup_examples": rep.speedup_examples,
+        "exact_match": exact, "evaluation": {"before": s_before, "after": s_after}})
+  parallel.barrier(f"mu_jax.sisa:served:{resume_key}")
   _print_results(results, log)
   return results
 
