@@ -39,7 +39,7 @@ from flax import serialization
 
 from mu_jax import audit, checkpoints, parallel, sisa
 from mu_jax import experiment as engine
-from mu_jax.evaluation import mia, report
+from mu_jax.evaluation import columns, mia, report
 from mu_jax.sisa import aggregate as agg
 
 FORGET = ("identities", "ids", "from-manifest")
@@ -298,33 +298,18 @@ def run_sisa(config: Any, workdir: str, *, shards: int = 5, slices: int = 4,
   return results
 
 
-def _fmt(x: Any, spec: str = ".3f") -> str:
-  return "n/a" if x is None else format(x, spec)
-
-
 def _print_results(results: dict[str, Any], log: Callable[[str], None]) -> None:
-  rep, b, a = results["request"], results["before"], results["after"]
+  """Which shards the request retrained and from where, then the aggregate before and after it as
+  a table of the column registry's SISA columns."""
+  rep = results["request"]
   slices = results["settings"]["slices"]
   for s, sl in sorted(rep["touched"].items(), key=lambda kv: int(kv[0])):
     src = (f"restored slice {sl - 1} ({os.path.basename(rep['restored_from'][s])[:14]})" if sl > 0
            else "from initialisation")
     log(f"  shard {s}: first touched slice {sl} -> retrained slices {rep['retrained'][s]} of "
         f"0..{slices - 1}, {src}")
-  log(f"  untouched shards (not retrained): {rep['untouched_shards']}")
-  how = "measured" if rep["full_retrain_measured"] else "estimated"
-  log(f"  cost: {rep['examples']} examples in {rep['wall_s']:.2f} s against a full retrain of all "
-      f"shards: {rep['full_retrain_examples']} examples in {rep['full_retrain_wall_s']:.2f} s ({how})")
-  log(f"  speed-up: {_fmt(rep['speedup_examples'], '.2f')}x in examples, "
-      f"{_fmt(rep['speedup_wall'], '.2f')}x in wall time; expected over random single-identity "
-      f"requests: {results['expected_cost']['identity']['expected_speedup']:.2f}x in examples")
-  if results.get("exact_match") is not None:
-    log(f"  unlearned models equal a from-scratch retrain without the request, bit for bit: "
-        f"{results['exact_match']}")
-  agg_name = results["settings"]["aggregation"]
-  log(f"  aggregate ({agg_name}) accuracy before -> after: " + ", ".join(
-      f"{s} {b[f'{s}_acc']:.3f} -> {a[f'{s}_acc']:.3f}" for s in ("test", "forget", "retain", "unseen")))
-  other = [k for k in a if k.startswith("test_acc_")]
-  for k in other:
-    log(f"  {k.replace('test_acc_', '')} aggregation test accuracy: {b[k]:.3f} -> {a[k]:.3f}")
-  log(f"  reference MIA attack accuracy {b['mia_attack_acc']:.3f} -> {a['mia_attack_acc']:.3f}, "
-      f"NoMUS {b['nomus']:.3f} -> {a['nomus']:.3f}")
+  log(f"  untouched shards (not retrained): {rep['untouched_shards']}; cost baseline: "
+      f"{results['row']['cost_vs_retrain_baseline']}")
+  rows = [{"model": "before", **results["before"]}, dict(results["row"], model="after")]
+  log(columns.markdown_table(rows, "sisa"))
+  log(columns.legend("sisa"))
