@@ -19,6 +19,10 @@ interrupted request or, for a served one, returns its results again. A request f
 identities or ids, or for data an earlier request removed, fails with a clear message before
 anything is retrained.
 
+Under ``jax.distributed`` every process runs the same call on one shared workdir: all of them
+train, evaluate and save the slice checkpoints (through orbax) together; process 0 alone writes the
+JSON files, the outputs and the audit lines, and shares the request id with the others.
+
 The constituent models use the config's original-model recipe (epochs, lr, momentum, weight
 decay, augmentation) at a constant learning rate and with SISA's own batch size (default 16, the
 official code's). Defaults come from an optional ``config.sisa`` section (``partition``,
@@ -124,10 +128,11 @@ def run_sisa(config: Any, workdir: str, *, shards: int = 5, slices: int = 4,
              aggregation: str | None = None, mode: str | None = None, batch_size: int | None = None,
              full_retrain: bool = True, overwrite: bool = False,
              log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Trains, serves one request, evaluates and writes ``WORKDIR/sisa/results.json``.
+  """Trains, serves one request, evaluates and writes the deployment's ``results.json``.
 
   Returns:
-    The results (also written to ``WORKDIR/sisa/results.json``).
+    The results (also written to ``WORKDIR/sisa/sisa-<hash>/results.json``); under
+    ``jax.distributed`` every process returns them, with its own wall times.
 
   Raises:
     RequestError: the request names unknown identities or ids, or data already removed.
