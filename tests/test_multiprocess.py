@@ -236,6 +236,8 @@ def test_sisa_on_two_processes_equals_the_one_process_run(tmp_path):
   assert all("bit for bit" in log for log in logs), logs
   stage = want["row"]["stage"]
   got = checkpoints.read_json(os.path.join(wd, stage, "results.json"))
+  # Process 0 chose the request id and shared it: both processes served the same request.
+  assert all(f"request {got['request']['request_id']}: forget" in log for log in logs), logs
   assert got["exact_match"] is True and want["exact_match"] is True
   for key in ("settings", "expected_cost"):
     assert got[key] == want[key], key
