@@ -12,6 +12,7 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from mu_jax import audit, checkpoints, experiment
 from tests import fault_worker, multiprocess_common as common
@@ -214,7 +215,8 @@ def _sisa_tree(root, request_id):
   return files, params
 
 
-def test_sisa_on_two_processes_equals_the_one_process_run(tmp_path):
+@pytest.mark.parametrize("mode", ["stacked", "sequential"])
+def test_sisa_on_two_processes_equals_the_one_process_run(tmp_path, mode):
   """``experiments.sisa --distributed`` on 2 processes × 2 devices trains the shards, serves the
   forget request and retrains from scratch as one process on 4 devices does: the same slices, the
   same request, models and outputs equal within float rounding, and still bit for bit equal to
@@ -223,14 +225,15 @@ def test_sisa_on_two_processes_equals_the_one_process_run(tmp_path):
   from mu_jax.pipelines import sisa as sisa_pipeline
   ref_wd, wd = str(tmp_path / "one"), str(tmp_path / "two")
   want = sisa_pipeline.run_sisa(fault_worker.config(), ref_wd, shards=2, slices=2, batch_size=8,
-                                log=lambda _: None)
+                                mode=mode, log=lambda _: None)
+  assert want["settings"]["mode"] == mode
   env = _env(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
              JAX_DISABLE_MOST_OPTIMIZATIONS=str(int(jax.config.read("jax_disable_most_optimizations"))))
   port = _free_port()
   codes, logs = _launch_processes(lambda i: [
       sys.executable, "-m", "tests.distributed_train_worker", "0", "sisa",
       f"--record_writes={tmp_path / f'writes{i}.json'}", *fault_worker.cli_flags(wd), *SISA_FLAGS,
-      "--nocompilation_cache", "--distributed", f"--coordinator_address=localhost:{port}",
+      f"--mode={mode}", "--nocompilation_cache", "--distributed", f"--coordinator_address=localhost:{port}",
       "--num_processes=2", f"--process_id={i}"], env)
   assert codes == [0, 0], logs
   assert all("bit for bit" in log for log in logs), logs

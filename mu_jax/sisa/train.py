@@ -162,12 +162,6 @@ def unstack(tree: Any, n: int) -> list[Any]:
   return [jax.tree.map(lambda x: x[i], tree) for i in range(n)]
 
 
-def _shard_batch(batch: dict[str, np.ndarray]) -> Any:
-  """Splits a host batch over the devices (each process feeds its part, see ``parallel``)."""
-  part = parallel.process_slice(len(batch["label"]))
-  return parallel.shard({k: v[part] for k, v in batch.items()})
-
-
 def _shard_lanes(batch: dict[str, np.ndarray]) -> Any:
   """Splits a stacked host batch [lanes, b, ...] over the devices along its batch axis."""
   sharding = NamedSharding(parallel.mesh(), LANE_SHARDED)
@@ -503,7 +497,7 @@ class ShardTrainer:
       if self.mode == "sequential":
         out = steps.compiled_train_step(self.task, self.cfg.augment)(
             parallel.replicate(self._template),
-            _shard_batch(pipeline.host_batch(self.examples, index)), jax.random.key(0))
+            parallel.shard(pipeline.host_batch(self.examples, index)), jax.random.key(0))
       else:
         out = compiled_stacked_step(self.task, self.cfg.augment)(*self._stacked_args(
             [self._template] * self.lanes, [index] * self.lanes, [self.examples] * self.lanes,
@@ -598,7 +592,7 @@ class ShardTrainer:
     history = []
     for epoch in range(plan.epochs):
       for idx in self._batches(plan, epoch):
-        st, m = step_fn(st, _shard_batch(pipeline.host_batch(data, idx)),
+        st, m = step_fn(st, parallel.shard(pipeline.host_batch(data, idx)),
                         jax.random.fold_in(step_key, global_step))
         global_step += 1
         history.append(m)
