@@ -10,6 +10,7 @@ CPU devices in the tests, and under ``jax.distributed`` on many hosts.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 from typing import Any, Callable, Sequence
@@ -84,9 +85,12 @@ def replicate(tree: Any, devices: Sequence[Any] | None = None) -> Any:
   """Places a pytree on every device of the mesh, replicated."""
   sharding = NamedSharding(mesh(devices), REPLICATED)
   if jax.process_count() > 1:
-    return jax.tree.map(
-        lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda idx: np.asarray(x)[idx]),
-        tree)
+    def one(x):
+      if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        # Typed PRNG keys have no numpy form: their key data travels and is wrapped again.
+        return jax.random.wrap_key_data(one(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+      return jax.make_array_from_callback(np.shape(x), sharding, lambda idx: np.asarray(x)[idx])
+    return jax.tree.map(one, tree)
   return jax.device_put(tree, sharding)
 
 
@@ -138,16 +142,20 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def require_one_process(what: str) -> None:
-  """Refuses to run ``what`` under ``jax.distributed`` with several processes.
+def share(value: Any) -> Any:
+  """Process 0's ``value`` (JSON data) on every process; ``value`` itself in one process.
 
-  Raises:
-    RuntimeError: naming ``what`` and the process count.
+  For what process 0 alone decides and the others need too, e.g. the id of a request whose audit
+  line process 0 wrote.
   """
-  if jax.process_count() > 1:
-    raise RuntimeError(f"{what} runs in one process (over all of its devices), not under "
-                       f"jax.distributed with {jax.process_count()} processes; training, "
-                       "unlearning, the benchmark and retrieval run on several")
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils
+  data = np.frombuffer(json.dumps(value).encode(), np.uint8) if is_primary() else np.zeros(0, np.uint8)
+  size = int(multihost_utils.broadcast_one_to_all(np.int32(data.size)))
+  padded = np.zeros(size, np.uint8)
+  padded[:data.size] = data  # the other processes send zeros: the broadcast sums over processes
+  return json.loads(np.asarray(multihost_utils.broadcast_one_to_all(padded)).tobytes().decode())
 
 
 def process_slice(global_batch_size: int) -> slice:

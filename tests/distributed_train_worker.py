@@ -1,11 +1,13 @@
 """One process of tests/test_multiprocess.py's runs of ``experiments.<SCRIPT> --distributed``.
 
-  python -m tests.distributed_train_worker KILL_AFTER SCRIPT [experiments.SCRIPT flags...]
+  python -m tests.distributed_train_worker KILL_AFTER SCRIPT [--record_writes=PATH] [experiments.SCRIPT flags...]
 
-Runs ``experiments.train`` or ``experiments.unlearn`` (SCRIPT) with the given flags, as its
+Runs ``experiments.<SCRIPT>`` (train, unlearn, retrieval, sisa) with the given flags, as its
 ``python -m`` command does; if ``KILL_AFTER`` > 0, the process SIGKILLs
 itself right after its KILL_AFTER-th checkpoint save returns (orbax ends a save with a barrier, so
 every process of the run stops at the same checkpoint, as a job killed between epochs would).
+``--record_writes=PATH`` lists the files the process writes in PATH at exit
+(:func:`tests.multiprocess_common.record_writes`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,12 @@ def main() -> None:
   import importlib
   from mu_jax import cli
   script = importlib.import_module(f"experiments.{sys.argv[2]}")
-  sys.argv = [f"experiments.{sys.argv[2]}", *sys.argv[3:]]
+  flags = sys.argv[3:]
+  for arg in [a for a in flags if a.startswith("--record_writes=")]:
+    from tests import multiprocess_common
+    multiprocess_common.record_writes(arg.split("=", 1)[1])
+    flags.remove(arg)
+  sys.argv = [f"experiments.{sys.argv[2]}", *flags]
   cli.run(script.main)
 
 

@@ -117,6 +117,26 @@ def test_bad_rows_name_file_and_line(tmp_path, edit, message):
     assert isinstance(e.value, IdentityLeakError)
 
 
+def test_header_checks_name_the_file_and_the_column(tmp_path):
+  path, _ = _write(tmp_path, SPLIT_ROWS, ("image_path", "identity", "age", "split"))
+  path.write_text("image_path,identity,age,identity\n" + path.read_text().split("\n", 1)[1])
+  with pytest.raises(DataError, match=r"labels.csv: header names columns \['identity'\] more than once"):
+    csv_table.read_table(path)
+  # A repeated column the table does not read is no obstacle.
+  path.write_text("image_path,identity,age,split,note,note\n" + "\n".join(
+      ",".join(map(str, r)) + ",x,y" for r in SPLIT_ROWS) + "\n")
+  table = csv_table.read_table(path, label_columns=["age"])
+  assert table.label_columns == ("age",) and table.splits[-1] == "unseen"
+  path.write_text("image_path,identity\n")
+  with pytest.raises(DataError, match=r"labels.csv: header has no label column; found columns "
+                     r"\['image_path', 'identity'\]"):
+    csv_table.read_table(path)
+  path.write_text("")
+  with pytest.raises(DataError, match="labels.csv: empty file; expected a header with image_path, "
+                     "identity and one label column"):
+    csv_table.read_table(path)
+
+
 def test_missing_file_column_image_and_bad_multilabel(tmp_path):
   with pytest.raises(DataError, match="nope.csv: CSV file not found"):
     csv_table.read_csv_table(tmp_path / "nope.csv", forget_count=1)

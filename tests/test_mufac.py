@@ -129,8 +129,19 @@ def test_unknown_age_class(root):
 def test_wrong_column_names(root):
   _rewrite(root / "custom_val_dataset.csv", 1, "family,person_id,age_class,image_path")
   with pytest.raises(DataError, match=r"custom_val_dataset\.csv: header lacks columns \['family_id'\]; "
-                     r"found columns \['family', 'person_id'"):
+                     r"found columns \['family', 'person_id', 'age_class', 'image_path'\]; expected the columns"):
     mufac.read_mufac(root, image_size=4)
+
+
+def test_repeated_column_and_empty_csv(root):
+  _rewrite(root / "custom_train_dataset.csv", 1, "family_id,person_id,age_class,image_path,person_id")
+  with pytest.raises(DataError, match=r"custom_train_dataset\.csv: header names columns "
+                     r"\['person_id'\] more than once"):
+    mufac.count_mufac(root)
+  (root / "custom_train_dataset.csv").write_text("")
+  with pytest.raises(DataError, match=r"custom_train_dataset\.csv: empty file; expected a header "
+                     r"with the columns \['family_id', 'person_id', 'age_class', 'image_path'\]"):
+    mufac.count_mufac(root)
 
 
 def test_truncated_csv_row(root):

@@ -99,7 +99,13 @@ def test_one_column_registry_drives_the_tables_the_csv_and_the_docs():
   assert len(keys) == len(set(keys)) and all(c.better in columns.ARROWS for c in columns.COLUMNS)
   assert all(f"`{k}`" in columns.reference_markdown() for k in keys)
   with pytest.raises(ValueError, match="unknown table"):
-    columns.for_table("sisa")
+    columns.for_table("regression")
+  sisa = [c.key for c in columns.for_table("sisa")]
+  assert sisa[:len(columns.for_table("classification"))] == [c.key for c in columns.for_table(
+      "classification")] and sisa[-1] == "sisa_exact_match"
+  flags = [{"model": "a", "sisa_exact_match": True}, {"model": "b", "sisa_exact_match": False}]
+  assert "| Equals a from-scratch retrain, bit for bit (↑) | yes | no |" in columns.markdown_table(
+      flags, "sisa")
 
 
 def test_the_docs_column_reference_is_the_registry():

@@ -107,3 +107,19 @@ def test_stacked_step_keeps_inactive_lanes_unchanged(data, sequential):
   new = jax.device_get(new)
   chex.assert_trees_all_equal(_state_dict(T.unstack(new, 2)[1]), _state_dict(states[1]))
   assert int(new.step[0]) == 1 and int(new.step[1]) == 0
+
+
+def test_each_shard_keeps_its_lane(data, tmp_path):
+  """Shard s trains in lane s mod lanes in every call (under jax.distributed the lane sets the
+  all-reduce's summation order): two shards of one lane never share a call, whatever else fits."""
+  examples, _, model = data
+  part = P.make_partition(examples.example_ids, examples.identities, 5, 2, by="identity", seed=0)
+  tr = T.ShardTrainer(model, examples, part, CFG, task="multiclass", seed=0, root=str(tmp_path),
+                      mode="stacked", lanes=2)
+  plans = [tr.plan(s, 1) for s in range(5)]
+  assert len({(p.batch, p.epochs) for p in plans}) == 1  # one shape: only the lanes split them
+  groups = tr._groups(plans)
+  assert [[p.shard for p in g] for g in groups] == [[0, 1], [2, 3], [4]]
+  assert [[p.shard for p in g] for g in tr._groups(plans[2:])] == [[2, 3], [4]]
+  assert [[p.shard for p in g] for g in tr._groups([plans[0], plans[2]])] == [[0], [2]]
+  assert [[p.shard for p in g] for g in tr._groups([plans[3], plans[4]])] == [[4, 3]]

@@ -256,7 +256,11 @@ def test_the_experiment_script_serves_a_request_and_resumes_after_a_crash(tmp_pa
   assert row["stage"].startswith("sisa/sisa-")
   for split in ("train", "retain", "forget", "test", "unseen"):
     assert os.path.exists(os.path.join(wd, row["stage"], "outputs", f"{split}.npz"))
-  assert any("bit for bit: True" in line for line in lines)
+  # The summary is the registry's SISA table: before and after the request, SISA's own columns.
+  summary = "\n".join(lines)
+  assert "| | before | after |" in summary
+  assert "| Equals a from-scratch retrain, bit for bit (↑) | – | yes |" in summary
+  assert f"| Shards retrained (↓) | – | {retrained} |" in summary
 
   lines.clear()
   again = sisa_script.run_sisa(_tiny_config(), wd, **kw)  # a served request is not served twice

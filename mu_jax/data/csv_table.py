@@ -38,7 +38,7 @@ import csv
 import dataclasses
 import os
 import posixpath
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -96,6 +96,75 @@ def _class_index(value: str, column: str, where: str) -> int:
   return int(value)
 
 
+@dataclasses.dataclass(frozen=True)
+class CsvRows:
+  """A CSV file's checked header and its data rows (:func:`read_rows`).
+
+  Attributes:
+    header: the column names, stripped.
+    columns: {column the reader uses: its index}, in the order the reader named them.
+    rows: per data row, (1-based line number, fields); blank lines are not rows.
+  """
+
+  header: list[str]
+  columns: dict[str, int]
+  rows: list[tuple[int, list[str]]]
+
+
+def read_rows(path: str, columns: Callable[[list[str]], Sequence[str]], *, what: str,
+              expected: str) -> CsvRows:
+  """Reads a CSV file whose header must name the columns a reader uses, each once.
+
+  The one header and row check of mu_jax's CSV readers (this module's tables, MUFAC's CSVs).
+
+  Args:
+    path: the CSV file.
+    columns: given the header, the columns the reader uses (it may raise DataError itself).
+    what: the file's kind in messages ("CSV file", "MUFAC CSV").
+    expected: what a good header holds, for the messages about an empty file or a missing column.
+
+  Returns:
+    The header, the used columns' indices and every data row.
+
+  Raises:
+    DataError: the file is missing, not UTF-8 or not CSV, is empty, lacks a used column, names a
+      used column more than once, or has a row with another number of fields than the header
+      (messages name the file, the column or the line).
+  """
+  try:
+    # utf-8-sig: a CSV saved by Excel starts with a byte-order mark that would corrupt the header.
+    with open(path, newline="", encoding="utf-8-sig") as f:
+      reader = csv.reader(f)
+      try:
+        header = [h.strip() for h in next(reader)]
+      except StopIteration:
+        raise DataError(f"{path}: empty file; expected a header with {expected}") from None
+      used = list(dict.fromkeys(columns(header)))
+      missing = [c for c in used if c not in header]
+      if missing:
+        raise DataError(f"{path}: header lacks columns {missing}; found columns {header}; "
+                        f"expected {expected}")
+      repeated = [c for c in used if header.count(c) > 1]
+      if repeated:
+        raise DataError(f"{path}: header names columns {repeated} more than once: {header}")
+      rows = []
+      for fields in reader:
+        if not any(x.strip() for x in fields):
+          continue
+        if len(fields) != len(header):
+          raise DataError(f"{path} line {reader.line_num}: {len(fields)} fields but the header "
+                          f"has {len(header)} ({header}); the row is truncated or malformed: "
+                          f"{fields}")
+        rows.append((reader.line_num, fields))
+  except FileNotFoundError:
+    raise DataError(f"{path}: {what} not found") from None
+  except UnicodeDecodeError as e:
+    raise DataError(f"{path}: not UTF-8 text ({e})") from None
+  except csv.Error as e:
+    raise DataError(f"{path}: malformed CSV ({e})") from None
+  return CsvRows(header, {c: header.index(c) for c in used}, rows)
+
+
 def read_table(path: str | os.PathLike[str], *, image_column: str = "image_path",
                identity_column: str = "identity", label_columns: Sequence[str] | None = None,
                task: str | None = None, num_classes: int | None = None) -> Table:
@@ -113,83 +182,65 @@ def read_table(path: str | os.PathLike[str], *, image_column: str = "image_path"
     The table, rows in file order (blank lines are not rows).
 
   Raises:
-    DataError: the file is missing, empty or not UTF-8; a column is missing or repeated; a row is
-      malformed, has an empty identity or image path, repeats an image, has a bad label or an
-      unknown split (messages name the file and line).
+    DataError: the file is missing, empty or not UTF-8; a column is missing or repeated (a column
+      the table does not use may repeat); a row is malformed, has an empty identity or image path,
+      repeats an image, has a bad label or an unknown split (messages name the file and line).
   """
   path = os.fspath(path)
   if task is not None and task not in TASKS:
     raise DataError(f"{path}: task must be one of {TASKS} or None, got {task!r}")
-  try:
-    # utf-8-sig: a CSV saved by Excel starts with a byte-order mark that would corrupt the header.
-    with open(path, newline="", encoding="utf-8-sig") as f:
-      reader = csv.reader(f)
-      try:
-        header = [h.strip() for h in next(reader)]
-      except StopIteration:
-        raise DataError(f"{path}: empty file; expected a header with {image_column}, "
-                        f"{identity_column} and label columns") from None
-      repeated = sorted({h for h in header if header.count(h) > 1})
-      if repeated:
-        raise DataError(f"{path}: header names columns {repeated} more than once: {header}")
-      if label_columns is None:
-        label_columns = [h for h in header if h not in (image_column, identity_column, SPLIT_COLUMN)]
-      label_columns = tuple(label_columns)
-      required = (image_column, identity_column, *label_columns)
-      missing = [c for c in required if c not in header]
-      if missing or not label_columns:
-        raise DataError(f"{path}: header lacks columns {missing or ['(a label column)']}; found "
-                        f"{header}; expected {image_column}, {identity_column} and one label column "
-                        "(multi-class) or several 0/1 columns (multi-label)")
-      if task is None:
-        task = "multiclass" if len(label_columns) == 1 else "multilabel"
-      if task == "multiclass" and len(label_columns) != 1:
-        raise DataError(f"{path}: a multi-class task has one label column, got {list(label_columns)}")
-      col = {c: header.index(c) for c in header}
-      has_split = SPLIT_COLUMN in col
-      lines, image_paths, identities, labels, split_of = [], [], [], [], []
-      first_line: dict[str, int] = {}
-      for fields in reader:
-        line = reader.line_num
-        where = f"{path} line {line}"
-        if not any(x.strip() for x in fields):
-          continue
-        if len(fields) != len(header):
-          raise DataError(f"{where}: {len(fields)} fields but the header has {len(header)} "
-                          f"({header}); the row is truncated or malformed: {fields}")
-        values = {c: fields[i].strip() for c, i in col.items()}
-        empty = [c for c in required if not values[c]]
-        if empty:
-          raise DataError(f"{where}: empty {empty}")
-        image = _image_path(values[image_column], where)
-        if image in first_line:
-          raise DataError(f"{where}: image {image!r} is already listed on line {first_line[image]}")
-        first_line[image] = line
-        if task == "multiclass":
-          label = _class_index(values[label_columns[0]], label_columns[0], where)
-          if num_classes is not None and label >= num_classes:
-            raise DataError(f"{where}: {label_columns[0]} {label} is not below num_classes={num_classes}")
-          labels.append(label)
-        else:
-          bad = [c for c in label_columns if values[c] not in ("0", "1")]
-          if bad:
-            raise DataError(f"{where}: multi-label columns {bad} must be 0 or 1, got "
-                            f"{[values[c] for c in bad]}")
-          labels.append([int(values[c]) for c in label_columns])
-        if has_split:
-          s = values[SPLIT_COLUMN].lower()
-          if s not in SOURCE_SPLITS:
-            raise DataError(f"{where}: split {values[SPLIT_COLUMN]!r} is not one of {list(SOURCE_SPLITS)}")
-          split_of.append(s)
-        lines.append(line)
-        image_paths.append(image)
-        identities.append(values[identity_column])
-  except FileNotFoundError:
-    raise DataError(f"{path}: CSV file not found") from None
-  except UnicodeDecodeError as e:
-    raise DataError(f"{path}: not UTF-8 text ({e})") from None
-  except csv.Error as e:
-    raise DataError(f"{path}: malformed CSV ({e})") from None
+  expected = (f"{image_column}, {identity_column} and one label column (multi-class) or several "
+              "0/1 columns (multi-label)")
+  given = None if label_columns is None else tuple(label_columns)
+
+  def used(header: list[str]) -> list[str]:
+    labels = given if given is not None else tuple(
+        h for h in header if h not in (image_column, identity_column, SPLIT_COLUMN))
+    if not labels:
+      raise DataError(f"{path}: header has no label column; found columns {header}; expected "
+                      f"{expected}")
+    return [image_column, identity_column, *labels, *[SPLIT_COLUMN] * (SPLIT_COLUMN in header)]
+
+  table = read_rows(path, used, what="CSV file", expected=expected)
+  col = table.columns
+  has_split = SPLIT_COLUMN in col
+  label_columns = tuple(c for c in col if c not in (image_column, identity_column, SPLIT_COLUMN))
+  required = (image_column, identity_column, *label_columns)
+  if task is None:
+    task = "multiclass" if len(label_columns) == 1 else "multilabel"
+  if task == "multiclass" and len(label_columns) != 1:
+    raise DataError(f"{path}: a multi-class task has one label column, got {list(label_columns)}")
+  lines, image_paths, identities, labels, split_of = [], [], [], [], []
+  first_line: dict[str, int] = {}
+  for line, fields in table.rows:
+    where = f"{path} line {line}"
+    values = {c: fields[i].strip() for c, i in col.items()}
+    empty = [c for c in required if not values[c]]
+    if empty:
+      raise DataError(f"{where}: empty {empty}")
+    image = _image_path(values[image_column], where)
+    if image in first_line:
+      raise DataError(f"{where}: image {image!r} is already listed on line {first_line[image]}")
+    first_line[image] = line
+    if task == "multiclass":
+      label = _class_index(values[label_columns[0]], label_columns[0], where)
+      if num_classes is not None and label >= num_classes:
+        raise DataError(f"{where}: {label_columns[0]} {label} is not below num_classes={num_classes}")
+      labels.append(label)
+    else:
+      bad = [c for c in label_columns if values[c] not in ("0", "1")]
+      if bad:
+        raise DataError(f"{where}: multi-label columns {bad} must be 0 or 1, got "
+                        f"{[values[c] for c in bad]}")
+      labels.append([int(values[c]) for c in label_columns])
+    if has_split:
+      s = values[SPLIT_COLUMN].lower()
+      if s not in SOURCE_SPLITS:
+        raise DataError(f"{where}: split {values[SPLIT_COLUMN]!r} is not one of {list(SOURCE_SPLITS)}")
+      split_of.append(s)
+    lines.append(line)
+    image_paths.append(image)
+    identities.append(values[identity_column])
   if not lines:
     raise DataError(f"{path}: no data rows")
   shape = (0, len(label_columns)) if task == "multilabel" else (0,)

@@ -29,13 +29,13 @@ the TFDS builder (:mod:`mu_jax.data.tfds_builders`), so both paths give the same
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from mu_jax.data import csv_table
 from mu_jax.data import images as images_lib
 from mu_jax.data import splits
 from mu_jax.data.splits import DataError, Examples, FaceDataset, SplitManifest
@@ -106,55 +106,29 @@ def read_csv(path: str | os.PathLike[str], folder: str) -> list[MufacRow]:
   """
   path = os.fspath(path)
   name = os.path.basename(path)
+  table = csv_table.read_rows(path, lambda header: COLUMNS, what="MUFAC CSV",
+                              expected=f"the columns {list(COLUMNS)}")
   rows: list[MufacRow] = []
   first_line: dict[str, int] = {}
-  try:
-    # utf-8-sig: a CSV saved by Excel starts with a byte-order mark that would corrupt "family_id".
-    with open(path, newline="", encoding="utf-8-sig") as f:
-      reader = csv.reader(f)
-      try:
-        header = [h.strip() for h in next(reader)]
-      except StopIteration:
-        raise DataError(f"{path}: empty file; expected a header with columns {list(COLUMNS)}") from None
-      missing = [c for c in COLUMNS if c not in header]
-      if missing:
-        raise DataError(f"{path}: header lacks columns {missing}; found columns {header}; "
-                        f"a MUFAC CSV needs {list(COLUMNS)}")
-      repeated = [c for c in COLUMNS if header.count(c) > 1]
-      if repeated:
-        raise DataError(f"{path}: header names columns {repeated} more than once: {header}")
-      col = {c: header.index(c) for c in COLUMNS}
-      for fields in reader:
-        line = reader.line_num
-        if not any(x.strip() for x in fields):
-          continue
-        if len(fields) != len(header):
-          raise DataError(f"{path} line {line}: {len(fields)} fields but the header has "
-                          f"{len(header)} ({header}); the row is truncated or malformed: {fields}")
-        values = {c: fields[col[c]].strip() for c in COLUMNS}
-        empty = [c for c in ("family_id", "person_id", "image_path") if not values[c]]
-        if empty:
-          raise DataError(f"{path} line {line}: empty {empty}")
-        letter = values["age_class"]
-        if len(letter) != 1 or letter not in AGE_CLASSES:
-          raise DataError(f"{path} line {line}: unknown age_class {letter!r}; expected one of "
-                          f"{list(AGE_CLASSES)}")
-        image_path = values["image_path"]
-        if os.path.basename(image_path) != image_path or image_path in (".", ".."):
-          raise DataError(f"{path} line {line}: image_path {image_path!r} must be a file name "
-                          f"inside {folder}/")
-        if image_path in first_line:
-          raise DataError(f"{path} line {line}: image {image_path!r} is already listed on line "
-                          f"{first_line[image_path]}")
-        first_line[image_path] = line
-        rows.append(MufacRow(name, line, values["family_id"], values["person_id"],
-                             AGE_CLASSES.index(letter), image_path, folder))
-  except FileNotFoundError:
-    raise DataError(f"{path}: MUFAC CSV not found") from None
-  except UnicodeDecodeError as e:
-    raise DataError(f"{path}: not UTF-8 text ({e})") from None
-  except csv.Error as e:
-    raise DataError(f"{path}: malformed CSV ({e})") from None
+  for line, fields in table.rows:
+    values = {c: fields[i].strip() for c, i in table.columns.items()}
+    empty = [c for c in ("family_id", "person_id", "image_path") if not values[c]]
+    if empty:
+      raise DataError(f"{path} line {line}: empty {empty}")
+    letter = values["age_class"]
+    if len(letter) != 1 or letter not in AGE_CLASSES:
+      raise DataError(f"{path} line {line}: unknown age_class {letter!r}; expected one of "
+                      f"{list(AGE_CLASSES)}")
+    image_path = values["image_path"]
+    if os.path.basename(image_path) != image_path or image_path in (".", ".."):
+      raise DataError(f"{path} line {line}: image_path {image_path!r} must be a file name "
+                      f"inside {folder}/")
+    if image_path in first_line:
+      raise DataError(f"{path} line {line}: image {image_path!r} is already listed on line "
+                      f"{first_line[image_path]}")
+    first_line[image_path] = line
+    rows.append(MufacRow(name, line, values["family_id"], values["person_id"],
+                         AGE_CLASSES.index(letter), image_path, folder))
   return rows
 
 

@@ -2,7 +2,9 @@
 
 The classification, SISA and retrieval tables, the CSV header order, the legend under each table
 and the column reference in ``docs/metrics.md`` are all produced from :data:`COLUMNS`; a column
-added here appears everywhere at once.
+added here appears everywhere at once. SISA rows join the classification table; the SISA summary
+(``experiments.sisa``: the aggregate before and after a request) shows the classification columns
+and then SISA's own.
 
 Directions (``better``):
   ``higher`` / ``lower``: plainly better that way;
@@ -28,8 +30,8 @@ class Column:
     label: its name in table.md.
     better: "higher", "lower", "retrained" or "original" (module docstring).
     fmt: a format spec for the value (``.4f``, ``,d``, ``.1f``).
-    tables: the tables showing it: "classification" (the benchmark, SISA rows included) and/or
-      "retrieval".
+    tables: the tables showing it: "classification" (the benchmark, SISA rows included),
+      "retrieval" and/or "sisa" (the SISA summary's own columns, after the classification ones).
     doc: one sentence saying what it measures.
   """
 
@@ -41,9 +43,12 @@ class Column:
   doc: str = ""
 
   def format(self, row: Mapping[str, Any]) -> str:
-    """The row's value (± its ``<key>_std`` over seeds), or "–" where absent."""
+    """The row's value (± its ``<key>_std`` over seeds), "yes"/"no" for a flag, or "–" where
+    absent."""
     v = row.get(self.key)
-    if v is None or isinstance(v, bool) or (isinstance(v, float) and math.isnan(v)):
+    if isinstance(v, bool):
+      return "yes" if v else "no"
+    if v is None or (isinstance(v, float) and math.isnan(v)):
       return "–"
     if not isinstance(v, (int, float)):
       return str(v)
@@ -54,7 +59,8 @@ class Column:
     return text
 
 
-C, R, B = ("classification",), ("retrieval",), ("classification", "retrieval")
+C, R, S, B = ("classification",), ("retrieval",), ("sisa",), ("classification", "retrieval")
+TABLES = ("classification", "retrieval", "sisa")
 
 COLUMNS: tuple[Column, ...] = (
     # The reference README's columns first, in its order.
@@ -126,15 +132,33 @@ COLUMNS: tuple[Column, ...] = (
            doc="wall seconds over the retrained model's"),
     Column("examples_vs_retrain", "Examples vs retrain", "lower", tables=R,
            doc="examples over the retrained model's"),
+    # SISA (docs/metrics.md#sisa-row): the aggregate under the other aggregation, and the request.
+    Column("test_acc_vote", "Test Acc, majority vote", "higher", tables=S,
+           doc="test accuracy of the SISA aggregate by majority vote"),
+    Column("test_acc_mean", "Test Acc, mean softmax", "higher", tables=S,
+           doc="test accuracy of the SISA aggregate by mean softmax"),
+    Column("sisa_retrained_shards", "Shards retrained", "lower", tables=S,
+           doc="the shards the forget request touched"),
+    Column("sisa_speedup_examples", "Speed-up vs full retrain (examples)", "higher", ".2f",
+           tables=S, doc="examples of a full retrain of all shards over those SISA processed"),
+    Column("sisa_speedup_wall", "Speed-up vs full retrain (wall)", "higher", ".2f", tables=S,
+           doc="wall seconds of that full retrain (measured with --full_retrain, else estimated) "
+               "over SISA's"),
+    Column("sisa_expected_speedup_identity", "Expected speed-up, one-person requests", "higher",
+           ".2f", tables=S, doc="the examples speed-up averaged over every one-person request"),
+    Column("sisa_exact_match", "Equals a from-scratch retrain, bit for bit", "higher", tables=S,
+           doc="whether the unlearned shard models equal shards trained without the request"),
 )
 
 BY_KEY = {c.key: c for c in COLUMNS}
 
 
 def for_table(table: str) -> list[Column]:
-  """The columns a table shows, in order."""
-  if table not in ("classification", "retrieval"):
-    raise ValueError(f"unknown table {table!r}; use 'classification' or 'retrieval'")
+  """The columns a table shows, in order ("sisa": the classification columns, then SISA's)."""
+  if table not in TABLES:
+    raise ValueError(f"unknown table {table!r}; use one of {TABLES}")
+  if table == "sisa":
+    return for_table("classification") + [c for c in COLUMNS if "sisa" in c.tables]
   return [c for c in COLUMNS if table in c.tables]
 
 
@@ -160,7 +184,7 @@ def legend(table: str = "classification") -> str:
   text = ("↑ higher is better, ↓ lower is better, ≈ retrained: best when closest to the retrained "
           "model (exact unlearning), not when extreme; ≈ original: best when unchanged from the "
           "original model.")
-  if table == "classification":
+  if table in ("classification", "sisa"):
     text += (" MIA = the reference attack (logistic regression on per-example losses, forget vs "
              "unseen); its forgetting score |acc − 0.5| is the reference README's \"MIA\" column.")
   return text

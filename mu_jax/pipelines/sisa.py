@@ -19,6 +19,10 @@ interrupted request or, for a served one, returns its results again. A request f
 identities or ids, or for data an earlier request removed, fails with a clear message before
 anything is retrained.
 
+Under ``jax.distributed`` every process runs the same call on one shared workdir: all of them
+train, evaluate and save the slice checkpoints (through orbax) together; process 0 alone writes the
+JSON files, the outputs and the audit lines, and shares the request id with the others.
+
 The constituent models use the config's original-model recipe (epochs, lr, momentum, weight
 decay, augmentation) at a constant learning rate and with SISA's own batch size (default 16, the
 official code's). Defaults come from an optional ``config.sisa`` section (``partition``,
@@ -39,7 +43,7 @@ from flax import serialization
 
 from mu_jax import audit, checkpoints, parallel, sisa
 from mu_jax import experiment as engine
-from mu_jax.evaluation import mia, report
+from mu_jax.evaluation import columns, mia, report
 from mu_jax.sisa import aggregate as agg
 
 FORGET = ("identities", "ids", "from-manifest")
@@ -94,6 +98,20 @@ def _summary(outputs: dict[str, dict[str, np.ndarray]], task: str, lam: float) -
           "nomus": mia.nomus(acc["test_acc"], attack, lam)}
 
 
+def _start_request(workdir: str, record: dict[str, Any], resume_key: str) -> str:
+  """Process 0 writes the request's started audit line; every process returns its id."""
+  rid = audit.start_request(workdir, record, resume_key=resume_key) if parallel.is_primary() else ""
+  return parallel.share(rid)
+
+
+def _remove_tree(path: str) -> None:
+  """Removes a directory (process 0) once no process reads it any more."""
+  parallel.barrier(f"mu_jax.sisa:remove:{path}")
+  if parallel.is_primary():
+    shutil.rmtree(path, ignore_errors=True)
+  parallel.barrier(f"mu_jax.sisa:removed:{path}")
+
+
 def _states_equal(a: sisa.ShardTrainer, b: sisa.ShardTrainer, removed: frozenset[str]) -> bool:
   for s in range(a.partition.num_shards):
     x = serialization.to_state_dict(a.final_state(s, removed))
@@ -110,16 +128,16 @@ def run_sisa(config: Any, workdir: str, *, shards: int = 5, slices: int = 4,
              aggregation: str | None = None, mode: str | None = None, batch_size: int | None = None,
              full_retrain: bool = True, overwrite: bool = False,
              log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Trains, serves one request, evaluates and writes ``WORKDIR/sisa/results.json``.
+  """Trains, serves one request, evaluates and writes the deployment's ``results.json``.
 
   Returns:
-    The results (also written to ``WORKDIR/sisa/results.json``).
+    The results (also written to ``WORKDIR/sisa/sisa-<hash>/results.json``); under
+    ``jax.distributed`` every process returns them, with its own wall times.
 
   Raises:
     RequestError: the request names unknown identities or ids, or data already removed.
     WorkdirError: the workdir holds another config's run or SISA slices of other settings.
   """
-  parallel.require_one_process("SISA")
   if forget not in FORGET:
     raise ValueError(f"--forget must be one of {FORGET}, got {forget!r}")
   cfg = engine.to_dict(config)
@@ -197,7 +215,9 @@ def run_sisa(config: Any, workdir: str, *, shards: int = 5, slices: int = 4,
   before = removed_now - set(request.example_ids) if resumed_applied else removed_now
   after = before | frozenset(request.example_ids)
   manifest = exp.dataset.manifest
-  rid = audit.start_request(workdir, {
+  # Every process has read the audit log and the removals; from here on process 0 writes.
+  parallel.barrier(f"mu_jax.sisa:request:{resume_key}")
+  rid = _start_request(workdir, {
       "method": "sisa", "kind": request.kind, "settings": settings,
       "identities": list(request.identities), "num_identities": len(request.identities),
       "num_examples": len(request.example_ids),
@@ -205,7 +225,7 @@ def run_sisa(config: Any, workdir: str, *, shards: int = 5, slices: int = 4,
       "config_hash": checkpoints.config_hash(exp.config), "manifest_hash": manifest.content_hash,
       "partition_hash": part.content_hash,
       "checkpoints_before": {str(s): p for s, p in trainer.final_paths(before).items()}},
-      resume_key=resume_key)
+      resume_key)
   n_id = len(request.identities)
   log(f"request {rid}: forget {n_id} identit{'y' if n_id == 1 else 'ies'} "
       f"({len(request.example_ids)} examples): {', '.join(request.identities[:8])}"
@@ -221,18 +241,15 @@ def run_sisa(config: Any, workdir: str, *, shards: int = 5, slices: int = 4,
   exact = None
   if full_retrain:
     scratch_root = os.path.join(root, "full_retrain")
-    shutil.rmtree(scratch_root, ignore_errors=True)
+    _remove_tree(scratch_root)
     fresh, wall, examples = sisa.retrain_from_scratch(trainer, scratch_root, after)
     exact = _states_equal(trainer, fresh, after)
-    shutil.rmtree(scratch_root, ignore_errors=True)
+    _remove_tree(scratch_root)
     rep.full_retrain_wall_s, rep.full_retrain_measured = wall, True
     if examples != rep.full_retrain_examples:
       raise AssertionError(f"full retrain processed {examples} examples, the plan says "
                            f"{rep.full_retrain_examples}")
   out_after = _outputs(trainer, after, request.example_ids, splits, method, cache, eval_bs)
-  odir = os.path.join(root, "outputs")
-  for s in SPLITS:
-    checkpoints.save_outputs(odir, s, out_after[s])
   other = "mean" if method == "vote" else "vote"
   other_acc = {}
   for name, removed in (("before", before), ("after", after)):
@@ -267,48 +284,37 @@ def run_sisa(config: Any, workdir: str, *, shards: int = 5, slices: int = 4,
              "before": {**s_before, f"test_acc_{other}": other_acc["before"]},
              "after": {**s_after, f"test_acc_{other}": other_acc["after"]},
              "training": trained, "row": row}
-  checkpoints.write_json(results_path, results)
-  checkpoints.write_json(os.path.join(root, "requests", f"{rid}.json"), rep.to_dict())
-  audit.complete_request(workdir, rid, {
-      "method": "sisa", "kind": request.kind, "settings": settings,
-      "identities": list(request.identities), "num_examples": len(request.example_ids),
-      "checkpoints_before": {str(s): p for s, p in rep.checkpoints_before.items()},
-      "checkpoints_after": {str(s): p for s, p in rep.checkpoints_after.items()},
-      "retrained_shards": sorted(rep.touched),
-      "first_slices": {str(s): sl for s, sl in rep.touched.items()},
-      "examples": rep.examples, "wall_s": rep.wall_s, "speedup_examples": rep.speedup_examples,
-      "exact_match": exact, "evaluation": {"before": s_before, "after": s_after}})
+  if parallel.is_primary():
+    for s in SPLITS:
+      checkpoints.save_outputs(os.path.join(root, "outputs"), s, out_after[s])
+    checkpoints.write_json(results_path, results)
+    checkpoints.write_json(os.path.join(root, "requests", f"{rid}.json"), rep.to_dict())
+    audit.complete_request(workdir, rid, {
+        "method": "sisa", "kind": request.kind, "settings": settings,
+        "identities": list(request.identities), "num_examples": len(request.example_ids),
+        "checkpoints_before": {str(s): p for s, p in rep.checkpoints_before.items()},
+        "checkpoints_after": {str(s): p for s, p in rep.checkpoints_after.items()},
+        "retrained_shards": sorted(rep.touched),
+        "first_slices": {str(s): sl for s, sl in rep.touched.items()},
+        "examples": rep.examples, "wall_s": rep.wall_s, "speedup_examples": rep.speedup_examples,
+        "exact_match": exact, "evaluation": {"before": s_before, "after": s_after}})
+  parallel.barrier(f"mu_jax.sisa:served:{resume_key}")
   _print_results(results, log)
   return results
 
 
-def _fmt(x: Any, spec: str = ".3f") -> str:
-  return "n/a" if x is None else format(x, spec)
-
-
 def _print_results(results: dict[str, Any], log: Callable[[str], None]) -> None:
-  rep, b, a = results["request"], results["before"], results["after"]
+  """Which shards the request retrained and from where, then the aggregate before and after it as
+  a table of the column registry's SISA columns."""
+  rep = results["request"]
   slices = results["settings"]["slices"]
   for s, sl in sorted(rep["touched"].items(), key=lambda kv: int(kv[0])):
     src = (f"restored slice {sl - 1} ({os.path.basename(rep['restored_from'][s])[:14]})" if sl > 0
            else "from initialisation")
     log(f"  shard {s}: first touched slice {sl} -> retrained slices {rep['retrained'][s]} of "
         f"0..{slices - 1}, {src}")
-  log(f"  untouched shards (not retrained): {rep['untouched_shards']}")
-  how = "measured" if rep["full_retrain_measured"] else "estimated"
-  log(f"  cost: {rep['examples']} examples in {rep['wall_s']:.2f} s against a full retrain of all "
-      f"shards: {rep['full_retrain_examples']} examples in {rep['full_retrain_wall_s']:.2f} s ({how})")
-  log(f"  speed-up: {_fmt(rep['speedup_examples'], '.2f')}x in examples, "
-      f"{_fmt(rep['speedup_wall'], '.2f')}x in wall time; expected over random single-identity "
-      f"requests: {results['expected_cost']['identity']['expected_speedup']:.2f}x in examples")
-  if results.get("exact_match") is not None:
-    log(f"  unlearned models equal a from-scratch retrain without the request, bit for bit: "
-        f"{results['exact_match']}")
-  agg_name = results["settings"]["aggregation"]
-  log(f"  aggregate ({agg_name}) accuracy before -> after: " + ", ".join(
-      f"{s} {b[f'{s}_acc']:.3f} -> {a[f'{s}_acc']:.3f}" for s in ("test", "forget", "retain", "unseen")))
-  other = [k for k in a if k.startswith("test_acc_")]
-  for k in other:
-    log(f"  {k.replace('test_acc_', '')} aggregation test accuracy: {b[k]:.3f} -> {a[k]:.3f}")
-  log(f"  reference MIA attack accuracy {b['mia_attack_acc']:.3f} -> {a['mia_attack_acc']:.3f}, "
-      f"NoMUS {b['nomus']:.3f} -> {a['nomus']:.3f}")
+  log(f"  untouched shards (not retrained): {rep['untouched_shards']}; cost baseline: "
+      f"{results['row']['cost_vs_retrain_baseline']}")
+  rows = [{"model": "before", **results["before"]}, dict(results["row"], model="after")]
+  log(columns.markdown_table(rows, "sisa"))
+  log(columns.legend("sisa"))

@@ -41,9 +41,18 @@ also depends on the number of groups (but not on a lane's position or on the oth
 One step differs by ~1e-7; training amplifies it (on the runlocal config, 21 steps per shard end
 ~3e-3 apart in the largest parameter), as any change of summation order would.
 So stacked mode always runs exactly ``lanes`` lanes: a retrain of one shard fills the unused lanes
-with inactive copies. That keeps stacked results bit-exact across initial training, unlearning and
-from-scratch retraining, at the price of computing the idle lanes. The mode, the lane count and the
-device count are fixed per ``ROOT`` (``settings.json``), since each changes the rounding.
+with inactive copies. And shard s always trains in lane ``s mod lanes`` (two shards of one lane
+never share a call): under ``jax.distributed`` on CPU, where the gradient all-reduce crosses
+processes through gloo, the lane does change the rounding. Measured on two processes × two
+devices, a shard trained in lane 1 and retrained in lane 0 ended 1.8e-7 away from itself; a ring
+all-reduce, which sums each chunk of the buffer starting from another device, would explain it.
+Both rules keep stacked results bit-exact across initial training, unlearning and from-scratch
+retraining, at the price of computing the idle lanes. The mode, the lane count and the device
+count are fixed per ``ROOT`` (``settings.json``), since each changes the rounding.
+
+Under ``jax.distributed`` every process runs the same calls on one shared ``ROOT``: each feeds its
+part of every batch, orbax writes the checkpoints from all processes together, and process 0 alone
+writes the JSON files (:func:`write_json`), each followed by a barrier.
 """
 
 from __future__ import annotations
@@ -132,6 +141,18 @@ def _optimizer(lr: float, momentum: float, weight_decay: float):
   return sgd(lr, momentum, weight_decay)
 
 
+def write_json(path: str, obj: Any) -> None:
+  """Writes a JSON file from process 0 alone; every process returns once it is written.
+
+  Under ``jax.distributed`` all processes run the same SISA code on one shared directory: orbax
+  writes the checkpoints from all of them, the rest is written once, and the barrier lets the
+  others read it next (``has_slice``, ``removed.json``).
+  """
+  if parallel.is_primary():
+    checkpoints.write_json(path, obj)
+  parallel.barrier(f"mu_jax.sisa:{path}")
+
+
 def stack(trees: Sequence[Any]) -> Any:
   """Stacks host pytrees of one structure along a new leading axis."""
   return jax.tree.map(lambda *x: np.stack(x), *trees)
@@ -139,12 +160,6 @@ def stack(trees: Sequence[Any]) -> Any:
 
 def unstack(tree: Any, n: int) -> list[Any]:
   return [jax.tree.map(lambda x: x[i], tree) for i in range(n)]
-
-
-def _shard_batch(batch: dict[str, np.ndarray]) -> Any:
-  """Splits a host batch over the devices (each process feeds its part, see ``parallel``)."""
-  part = parallel.process_slice(len(batch["label"]))
-  return parallel.shard({k: v[part] for k, v in batch.items()})
 
 
 def _shard_lanes(batch: dict[str, np.ndarray]) -> Any:
@@ -309,8 +324,10 @@ class ShardTrainer:
   def _check_settings(self, old: dict[str, Any] | None) -> None:
     new = self.settings()
     if old is None:
-      checkpoints.write_json(os.path.join(self.root, "settings.json"), new)
-      checkpoints.write_json(os.path.join(self.root, "partition.json"), self.partition.to_dict())
+      # settings.json comes second: process 0 writes it only after the first barrier, when every
+      # process has already found it missing, so all of them take this branch.
+      write_json(os.path.join(self.root, "partition.json"), self.partition.to_dict())
+      write_json(os.path.join(self.root, "settings.json"), new)
       return
     diff = sorted(k for k in new.keys() | old.keys() if old.get(k) != new.get(k))
     if diff:
@@ -420,12 +437,13 @@ class ShardTrainer:
 
   def _save_slice(self, plan: SlicePlan, state: TrainState, record: dict[str, Any]) -> None:
     d = self.slice_dir(plan.shard, plan.slice, plan.key)
-    if os.path.exists(d):
+    if parallel.is_primary() and os.path.exists(d):
       shutil.rmtree(d)  # a slice interrupted between its checkpoint and its slice.json
+    parallel.barrier(f"mu_jax.sisa:clear:{d}")
     ckpt = checkpoints.Checkpointer(os.path.join(d, "checkpoint"), max_to_keep=1)
-    ckpt.save(int(state.step), state)
+    ckpt.save(int(state.step), state)  # by every process together
     ckpt.close()
-    checkpoints.write_json(os.path.join(d, "slice.json"), {
+    write_json(os.path.join(d, "slice.json"), {
         "shard": plan.shard, "slice": plan.slice, "key": plan.key,
         "examples_seen": len(plan.example_ids), "epochs": plan.epochs, "batch": plan.batch,
         "steps_per_epoch": plan.steps_per_epoch, "end_step": int(state.step),
@@ -479,7 +497,7 @@ class ShardTrainer:
       if self.mode == "sequential":
         out = steps.compiled_train_step(self.task, self.cfg.augment)(
             parallel.replicate(self._template),
-            _shard_batch(pipeline.host_batch(self.examples, index)), jax.random.key(0))
+            parallel.shard(pipeline.host_batch(self.examples, index)), jax.random.key(0))
       else:
         out = compiled_stacked_step(self.task, self.cfg.augment)(*self._stacked_args(
             [self._template] * self.lanes, [index] * self.lanes, [self.examples] * self.lanes,
@@ -540,11 +558,21 @@ class ShardTrainer:
     busy = [p for p in plans if p.steps > 0]
     if self.mode == "sequential":
       return idle + [[p] for p in busy]
-    by_shape: dict[tuple[int, int], list[SlicePlan]] = {}
+    by_shape: dict[tuple[int, int], list[dict[int, SlicePlan]]] = {}
     for p in busy:
-      by_shape.setdefault((p.batch, p.epochs), []).append(p)
-    groups = [g[i:i + self.lanes] for g in by_shape.values() for i in range(0, len(g), self.lanes)]
-    return idle + groups
+      calls = by_shape.setdefault((p.batch, p.epochs), [])
+      # Shard s always trains in lane s mod lanes (module docstring): a call takes it only if
+      # that lane is free.
+      free = next((c for c in calls if self.lane(p.shard) not in c), None)
+      if free is None:
+        free = {}
+        calls.append(free)
+      free[self.lane(p.shard)] = p
+    return idle + [[c[lane] for lane in sorted(c)] for calls in by_shape.values() for c in calls]
+
+  def lane(self, s: int) -> int:
+    """The lane shard ``s`` trains in, in stacked mode."""
+    return s % self.lanes
 
   def _run_group(self, group: list[SlicePlan], states: list[TrainState]
                  ) -> list[tuple[TrainState, dict[str, float]]]:
@@ -564,7 +592,7 @@ class ShardTrainer:
     history = []
     for epoch in range(plan.epochs):
       for idx in self._batches(plan, epoch):
-        st, m = step_fn(st, _shard_batch(pipeline.host_batch(data, idx)),
+        st, m = step_fn(st, parallel.shard(pipeline.host_batch(data, idx)),
                         jax.random.fold_in(step_key, global_step))
         global_step += 1
         history.append(m)
@@ -583,35 +611,39 @@ class ShardTrainer:
 
   def _run_stacked(self, group: list[SlicePlan], states: list[TrainState]
                    ) -> list[tuple[TrainState, dict[str, float]]]:
-    pad = self.lanes - len(group)
-    # Idle lanes copy lane 0 and stay inactive: the lane count, which sets the rounding, is fixed.
-    plans = group + [group[0]] * pad
+    # Lane l runs the plan of the group in that lane; an idle lane copies the group's first plan
+    # and stays inactive, so the lane count, which sets the rounding, is fixed.
+    where = {self.lane(p.shard): j for j, p in enumerate(group)}
+    src = [where.get(lane, 0) for lane in range(self.lanes)]
+    used = [lane in where for lane in range(self.lanes)]
+    plans = [group[j] for j in src]
     datas = [self._data(p) for p in group]
-    datas += [datas[0]] * pad
+    datas = [datas[j] for j in src]
     step_fn = compiled_stacked_step(self.task, self.cfg.augment)
     keys = parallel.replicate(jnp.stack([jax.random.fold_in(self._shard_key(p.shard), 1)
                                          for p in plans]))
-    st = parallel.replicate(stack(states + [states[0]] * pad))
+    st = parallel.replicate(stack([states[j] for j in src]))
     masks: dict[tuple[bool, ...], jax.Array] = {}
     history = []
     for epoch in range(group[0].epochs):
       orders = [self._batches(p, epoch) for p in plans]
       for i in range(max(len(o) for o in orders)):
-        act = tuple(j < len(group) and i < len(orders[j]) for j in range(self.lanes))
+        act = tuple(used[lane] and i < len(orders[lane]) for lane in range(self.lanes))
         if act not in masks:
           masks[act] = parallel.replicate(np.asarray(act))
         index = [o[min(i, len(o) - 1)] for o in orders]
         batch = stack([pipeline.host_batch(d, ix) for d, ix in zip(datas, index)])
         st, m = step_fn(st, _shard_lanes(batch), keys, masks[act])
         history.append((act, m))
-    st = parallel.to_host(st)
+    lanes = unstack(parallel.to_host(st), self.lanes)
     acts = np.asarray([a for a, _ in history], np.float64)
     metrics = parallel.to_host([m for _, m in history])
     loss = np.asarray([m["loss"] for m in metrics], np.float64)
     acc = np.asarray([m["accuracy"] for m in metrics], np.float64)
     out = []
-    for j, state in enumerate(unstack(st, len(group))):
+    for p in group:
+      j = self.lane(p.shard)
       n = acts[:, j].sum()
-      out.append((state, {"train_loss": float((loss[:, j] * acts[:, j]).sum() / n),
-                          "train_accuracy": float((acc[:, j] * acts[:, j]).sum() / n)}))
+      out.append((lanes[j], {"train_loss": float((loss[:, j] * acts[:, j]).sum() / n),
+                             "train_accuracy": float((acc[:, j] * acts[:, j]).sum() / n)}))
     return out

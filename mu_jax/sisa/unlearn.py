@@ -32,7 +32,7 @@ import numpy as np
 from mu_jax import checkpoints
 from mu_jax.audit import utc_now
 from mu_jax.data.splits import DataError
-from mu_jax.sisa.train import ShardTrainer
+from mu_jax.sisa.train import ShardTrainer, write_json
 
 KINDS = ("identities", "ids")
 
@@ -87,7 +87,7 @@ def _record_applied(root: str, request_id: str, request: Request) -> None:
   rows = applied_requests(root)
   rows.append({"request_id": request_id, "kind": request.kind, "identities": list(request.identities),
                "example_ids": list(request.example_ids), "time": utc_now()})
-  checkpoints.write_json(_removal_path(root), {"requests": rows})
+  write_json(_removal_path(root), {"requests": rows})
 
 
 # ------------------------------------------------------------------------------------ requests
@@ -308,7 +308,7 @@ def unlearn_request(trainer: ShardTrainer, request: Request, request_id: str) ->
       examples=rep.examples, wall_s=wall, full_retrain_examples=full_examples,
       full_retrain_wall_s=full_wall, full_retrain_measured=False,
       checkpoints_before=paths_before, checkpoints_after=trainer.final_paths(after))
-  checkpoints.write_json(os.path.join(trainer.root, "requests", f"{request_id}.json"), report.to_dict())
+  write_json(os.path.join(trainer.root, "requests", f"{request_id}.json"), report.to_dict())
   _record_applied(trainer.root, request_id, request)
   return report
 
