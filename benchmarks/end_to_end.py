@@ -1,64 +1,99 @@
-"""Times the main job (experiments.benchmark) stage by stage.
+"""Times the main job (experiments.benchmark) cold and warm, optionally beside another revision.
 
-  python benchmarks/end_to_end.py --config=experiments/configs/synthetic.py --workdir=/tmp/e2e \
-      --methods=all --out=/tmp/e2e.json
+  python benchmarks/end_to_end.py --config=experiments/configs/synthetic.py:runlocal \
+      --compare=733140e --out=/tmp/e2e.json
 
-Each stage runs in a fresh workdir (nothing resumed) and is timed three ways: the whole call, the
-training time without compilation (``wall_s`` of the stage's metrics.jsonl rows) and the XLA
-compilation of its steps (``compile_s``); the evaluation (per-example outputs, every metric, the
-files) is timed last. Prints a table and writes JSON.
+Each run is a subprocess in a new workdir. "Cold" runs with an empty ``$XDG_CACHE_HOME`` (no
+compiled programs, no native kernels: they are built first), "warm" runs the same command again
+with the cache the cold run left. With ``--compare=REV`` the same command runs from a git worktree
+of REV (made under the scratch directory) and the four runs interleave (REV cold, this tree cold,
+REV warm, this tree warm), so the ratios compare one machine at one time. The current tree's stage
+breakdown (compile, training, evaluation and other seconds, ``results/costs.json``) is printed
+from its cold and warm runs. Prints a table and writes JSON.
 """
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from mu_jax import cli
-from mu_jax import experiment as engine
-from mu_jax.pipelines import benchmark
+from mu_jax import costs
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "A new directory for the run.")
-_METHODS = flags.DEFINE_string("methods", "all", "'all' or a comma-separated list.")
+_CONFIG = flags.DEFINE_string("config", "experiments/configs/synthetic.py",
+                              "The config argument of experiments.benchmark.")
+_METHODS = flags.DEFINE_string("methods", "all", "The methods argument of experiments.benchmark.")
+_COMPARE = flags.DEFINE_string("compare", None, "A git revision to time side by side.")
+_SCRATCH = flags.DEFINE_string("scratch", None, "Where workdirs, caches and the worktree go "
+                               "(default: a new temporary directory, removed at the end).")
 _OUT = flags.DEFINE_string("out", None, "Where to write the JSON.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(tree: str, label: str, cache: str, scratch: str) -> dict:
+  """One ``experiments.benchmark`` call from ``tree`` with ``XDG_CACHE_HOME=cache``."""
+  workdir = os.path.join(scratch, f"work_{label}")
+  env = dict(os.environ, XDG_CACHE_HOME=cache, PYTHONPATH=tree)
+  cmd = [sys.executable, "-m", "experiments.benchmark", f"--config={_CONFIG.value}",
+         f"--workdir={workdir}", f"--methods={_METHODS.value}"]
+  t = time.perf_counter()
+  proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+  wall = time.perf_counter() - t
+  if proc.returncode:
+    raise RuntimeError(f"{label} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+  out = {"run": label, "wall_s": round(wall, 1), "loadavg": os.getloadavg()[0]}
+  path = os.path.join(workdir, "results", "costs.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      out["stages"] = json.load(f)
+  return out
 
 
 def main(argv):
   del argv
-  if os.path.exists(os.path.join(_WORKDIR.value, "config.json")):
-    raise app.UsageError(f"{_WORKDIR.value} already holds a run; give a new --workdir")
-  stages = []
-  t = time.perf_counter()
-  exp = engine.Experiment.create(_CONFIG.value, _WORKDIR.value, methods=_METHODS.value)
-  stages.append({"stage": "data + workdir", "call_s": time.perf_counter() - t})
-  for stage in engine.TRAINED:
-    t = time.perf_counter()
-    rec = exp.train_stage(stage, progress=False)
-    stages.append({"stage": stage, "call_s": time.perf_counter() - t, "train_s": rec["wall_s"],
-                   "compile_s": rec["compile_s"], "examples": rec["examples"]})
-  for method in exp.selected:
-    t = time.perf_counter()
-    rec = exp.unlearn_stage(method)
-    stages.append({"stage": method.name, "call_s": time.perf_counter() - t, "train_s": rec["wall_s"],
-                   "compile_s": rec["compile_s"], "examples": rec["examples"]})
-  t = time.perf_counter()
-  rows, outputs = benchmark.evaluate_stages(exp, [exp.method_stage(m) for m in exp.selected])
-  benchmark.write_tables(exp, os.path.join(exp.path, "results"), rows, outputs)
-  stages.append({"stage": "evaluation", "call_s": time.perf_counter() - t})
-  total = sum(s["call_s"] for s in stages)
-  print(f"{'stage':>18} {'call s':>8} {'train s':>8} {'compile s':>9} {'examples':>9}")
-  for s in stages:
-    print(f"{s['stage']:>18} {s['call_s']:8.1f} {s.get('train_s', float('nan')):8.1f} "
-          f"{s.get('compile_s', float('nan')):9.1f} {s.get('examples', 0):9,}")
-  print(f"{'total':>18} {total:8.1f}   (load average at the end: {os.getloadavg()[0]:.1f})")
+  scratch = _SCRATCH.value or tempfile.mkdtemp(prefix="mu_jax_e2e_")
+  os.makedirs(scratch, exist_ok=True)
+  trees = {"this tree": _ROOT}
+  if _COMPARE.value:
+    other = os.path.join(scratch, "compare_tree")
+    subprocess.run(["git", "-C", _ROOT, "worktree", "add", "--detach", other, _COMPARE.value],
+                   check=True, capture_output=True)
+    trees = {_COMPARE.value: other, **trees}
+  try:
+    runs = []
+    for phase in ("cold", "warm"):
+      for name, tree in trees.items():
+        label = f"{name.replace(' ', '_')}_{phase}"
+        runs.append(dict(_run(tree, label, os.path.join(scratch, f"cache_{name}".replace(" ", "_")),
+                              scratch), tree=name, phase=phase))
+        print(f"{name:>12} {phase}: {runs[-1]['wall_s']:7.1f} s", flush=True)
+  finally:
+    if _COMPARE.value:
+      subprocess.run(["git", "-C", _ROOT, "worktree", "remove", "--force", other],
+                     capture_output=True)
+  wall = {(r["tree"], r["phase"]): r["wall_s"] for r in runs}
+  print(f"\n{'revision':>12} {'cold s':>8} {'warm s':>8} {'warm/cold':>9}")
+  for name in trees:
+    c, w = wall[(name, "cold")], wall[(name, "warm")]
+    print(f"{name:>12} {c:8.1f} {w:8.1f} {w / c:9.2f}")
+  if _COMPARE.value:
+    for phase in ("cold", "warm"):
+      print(f"{phase}: {_COMPARE.value} / this tree = "
+            f"{wall[(_COMPARE.value, phase)] / wall[('this tree', phase)]:.2f}x")
+  for r in runs:
+    if r["tree"] == "this tree" and "stages" in r:
+      print(f"\nthis tree, {r['phase']}:\n{costs.format_table(r['stages'])}")
   if _OUT.value:
     with open(_OUT.value, "w") as f:
-      json.dump({"stages": stages, "total_s": total, "loadavg": os.getloadavg()}, f, indent=1)
+      json.dump({"config": _CONFIG.value, "methods": _METHODS.value, "runs": runs}, f, indent=1)
+  if not _SCRATCH.value:
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  app.run(main)

@@ -4,7 +4,8 @@
 
 Trains (or resumes) the original and retrained models, runs every method (``--methods=all``, a
 comma-separated list, and ``module:factory`` entries for your own methods), evaluates them and
-writes WORKDIR/results/{results.json, results.csv, table.md, *.png}; prints the table. Running it
+writes WORKDIR/results/{results.json, results.csv, table.md, costs.json, *.png}; prints the table
+and where the time went (compile, training, evaluation and other seconds per stage). Running it
 again resumes and skips what has finished; changed hyperparameters
 (``--config.unlearn.hparams.<method>.<name>=...``) make new stages beside the old ones.
 """
@@ -12,7 +13,7 @@ again resumes and skips what has finished; changed hyperparameters
 from absl import flags
 from ml_collections import config_flags
 
-from mu_jax import cli
+from mu_jax import cli, costs
 from mu_jax.pipelines import benchmark
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file.", lock_config=True)
@@ -31,6 +32,10 @@ def main(argv):
   print(out["table"])
   print(f"\nwrote {', '.join(v for k, v in out['paths'].items() if k != 'plots')} and "
         f"{len(out['paths']['plots'])} plots")
+  print("\nWhere the time went, in seconds (compile: every XLA compilation of this process; "
+        "train: the\nmethods' and models' steps; eval: outputs and metrics; programs: "
+        "compilations):")
+  print(costs.format_table(out["costs"]))
 
 
 if __name__ == "__main__":

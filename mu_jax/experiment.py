@@ -40,7 +40,7 @@ import jax
 import ml_collections
 
 import mu_jax
-from mu_jax import audit, checkpoints, parallel
+from mu_jax import audit, checkpoints, costs, parallel
 from mu_jax.data.splits import DataError, Examples, FaceDataset, SplitManifest
 from mu_jax.methods import registry as method_registry
 from mu_jax.training import fit as fitlib
@@ -362,8 +362,8 @@ class ClassificationTask(Task):
     if all(os.path.exists(os.path.join(stage.outputs_dir, f"{s}.npz")) for s in SPLITS):
       return {s: checkpoints.load_outputs(stage.outputs_dir, s) for s in SPLITS}
     state = parallel.replicate(state if state is not None else exp.load_state(stage))
-    out = {s: evaluate.predict(state, exp.data.split(s), task=exp.data.task,
-                               batch_size=exp.eval_batch_size) for s in SPLITS}
+    out = evaluate.predict_splits(state, {s: exp.data.split(s) for s in SPLITS},
+                                  task=exp.data.task, batch_size=exp.eval_batch_size)
     if parallel.is_primary():
       for s, o in out.items():
         checkpoints.save_outputs(stage.outputs_dir, s, o)
@@ -371,7 +371,8 @@ class ClassificationTask(Task):
     return out
 
   def evaluate(self, exp, stage, state):
-    return quick_summary(self.outputs(exp, stage, state), exp.data.task)
+    with costs.measure("evaluation"):
+      return quick_summary(self.outputs(exp, stage, state), exp.data.task)
 
 
 class RetrievalTask(Task):

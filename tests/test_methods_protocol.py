@@ -270,3 +270,27 @@ def test_interrupted_method_resumes_to_identical_parameters(tmp_path, monkeypatc
   resumed = methods.run_detailed(u, original, ds, cfg(tmp_path / "cut"))
   assert len(resumed.history) == len(full.history) - 2
   chex.assert_trees_all_equal(resumed.state.params, full.state.params)
+
+
+def test_learning_rates_and_methods_of_one_step_kind_share_one_compiled_step():
+  """Two learning rates of fine-tuning, two temperatures of SCRUB, CF-k and EU-k: each second run
+  compiles nothing, yet its hyperparameters act (the models differ)."""
+  ds = helpers.tiny_dataset(size=8)
+  original = parallel.to_host(helpers.tiny_state(size=8))
+  cfg = methods.RunConfig(batch_size=16, log_splits=())
+
+  def run(unlearner):
+    before = driver.compiled_steps()
+    res = methods.run_detailed(unlearner, original, ds, cfg)
+    return res.state.params, driver.compiled_steps() - before
+
+  for first, second in [(methods.finetune(lr=0.01, epochs=1), methods.finetune(lr=0.2, epochs=1)),
+                        (methods.scrub(temperature=4.0, epochs=1),
+                         methods.scrub(temperature=1.5, epochs=1)),
+                        (methods.cf_k(k=1, epochs=1), methods.eu_k(k=1, epochs=1))]:
+    params_a, _ = run(first)
+    params_b, compiled = run(second)
+    assert compiled == 0, (second.name, compiled)
+    gap = max(float(np.abs(a - b).max())
+              for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)))
+    assert gap > 1e-6, (first.name, second.name)

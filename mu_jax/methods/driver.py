@@ -365,11 +365,12 @@ def run_detailed(unlearner: Unlearner, state: TrainState, data: Any,
            # resumed run sums its rows.
            "epoch_s": round(time.time() - t_epoch, 3), "examples": seen - seen_epoch,
            "compile_s": round(compile_s, 3)}
-    for name in config.log_splits:
-      if name in data and len(data[name]):
-        s = evaluate.summarize(evaluate.predict(state, data[name], task=task,
-                                                batch_size=config.eval_batch_size), task)
-        row[f"{name}_loss"], row[f"{name}_accuracy"] = s["loss"], s["accuracy"]
+    logged = {n: data[n] for n in config.log_splits if n in data and len(data[n])}
+    if logged:
+      for name, out in evaluate.predict_splits(state, logged, task=task,
+                                               batch_size=config.eval_batch_size).items():
+        summary = evaluate.summarize(out, task)
+        row[f"{name}_loss"], row[f"{name}_accuracy"] = summary["loss"], summary["accuracy"]
     is_halted = bool(halted)
     row["halted"] = is_halted
     history.append(row)

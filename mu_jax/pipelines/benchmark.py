@@ -15,7 +15,7 @@ import os
 import time
 from typing import Any, Callable, Sequence
 
-from mu_jax import checkpoints, parallel
+from mu_jax import checkpoints, costs, parallel
 from mu_jax import experiment as engine
 from mu_jax.evaluation import columns, plots, report
 from mu_jax.methods.registry import Method
@@ -38,11 +38,12 @@ def evaluate_stages(exp: engine.Experiment, stages: Sequence[engine.Stage], *,
   for st in (exp.trained_stage("original"), retrained, *stages):
     record = st.record()
     state = retrained_state if st is retrained else exp.load_state(st)
-    out = retrained_out if st is retrained else task.outputs(exp, st, state)
-    row = report.model_row(st.name, out, exp.dataset.task, retrained=retrained_out,
-                           params=state.params, retrained_params=retrained_state.params,
-                           nomus_lambda=lam, n_bootstrap=n_bootstrap, wall_s=record["wall_s"],
-                           examples=record["examples"], retrain_wall_s=retrain_cost["wall_s"])
+    with costs.measure("evaluation"):
+      out = retrained_out if st is retrained else task.outputs(exp, st, state)
+      row = report.model_row(st.name, out, exp.dataset.task, retrained=retrained_out,
+                             params=state.params, retrained_params=retrained_state.params,
+                             nomus_lambda=lam, n_bootstrap=n_bootstrap, wall_s=record["wall_s"],
+                             examples=record["examples"], retrain_wall_s=retrain_cost["wall_s"])
     row["stage"] = st.rel
     if "hparams" in record:
       row["hparams"] = record["hparams"]
@@ -70,29 +71,38 @@ def sisa_rows(workdir: str) -> list[dict[str, Any]]:
 
 
 def run_seed(config: dict[str, Any], workdir: str, methods: str | Sequence[str], *,
-             overwrite: bool = False, progress: bool = True, log: Callable[[str], None] = print
+             overwrite: bool = False, progress: bool = True, log: Callable[[str], None] = print,
+             ledger: costs.Ledger | None = None
              ) -> tuple[list[dict[str, Any]], dict[str, Any], engine.Experiment]:
-  """Trains, unlearns and evaluates one seed in ``workdir``."""
-  exp = engine.Experiment.create(config, workdir, methods=methods, overwrite=overwrite)
-  chosen = exp.selected
+  """Trains, unlearns and evaluates one seed in ``workdir``; ``ledger`` records each stage's
+  compile, training, evaluation and other seconds (a stage found finished trains 0 s)."""
+  ledger = ledger or costs.Ledger()
+  with ledger.stage("data + workdir"):
+    exp = engine.Experiment.create(config, workdir, methods=methods, overwrite=overwrite)
   for stage in engine.TRAINED:
-    t = time.time()
-    rec = exp.train_stage(stage, progress=progress)
+    with ledger.stage(stage) as cost:
+      t = time.time()
+      fresh = not exp.trained_stage(stage).done
+      rec = exp.train_stage(stage, progress=progress)
+      cost["train"] = rec["wall_s"] if fresh else 0.0
     log(f"{stage:>16}: {rec['examples']:>8,} examples, {rec['wall_s']:7.1f} s training "
         f"({time.time() - t:.1f} s this call)")
   stages = []
-  for method in chosen:
-    t = time.time()
-    rec = exp.unlearn_stage(method)
-    st = exp.method_stage(method)
-    stages.append(st)
+  for method in exp.selected:
+    with ledger.stage(method.name) as cost:
+      t = time.time()
+      fresh = not exp.method_stage(method).done
+      rec = exp.unlearn_stage(method)
+      cost["train"] = rec["wall_s"] if fresh else 0.0
+    stages.append(exp.method_stage(method))
     s = rec["evaluation"]
     log(f"{method.name:>16}: forget {s['forget_acc']:.3f} retain {s['retain_acc']:.3f} "
         f"test {s['test_acc']:.3f} attack {s['mia_attack_acc']:.3f} "
         f"{rec['wall_s']:6.1f} s ({time.time() - t:.1f} s this call)"
         + ("  [stopped: non-finite loss]" if rec.get("halted") else ""))
   n_boot = int(exp.config.get("eval", {}).get("bootstrap", 200))
-  rows, outputs = evaluate_stages(exp, stages, n_bootstrap=n_boot)
+  with ledger.stage("evaluation"):
+    rows, outputs = evaluate_stages(exp, stages, n_bootstrap=n_boot)
   return rows, outputs, exp
 
 
@@ -139,11 +149,13 @@ def run_benchmark(config: Any, workdir: str, methods: str | Sequence[str] | Sequ
     log: where the per-stage lines go.
 
   Returns:
-    {"rows": [...], "paths": {...}, "table": markdown}.
+    {"rows": [...], "paths": {...}, "table": markdown, "costs": per-stage seconds (also in
+    ``results/costs.json``)}.
   """
   if seeds < 1:
     raise ValueError(f"--seeds must be >= 1, got {seeds}")
   cfg = engine.to_dict(config)
+  ledger = costs.Ledger()
   per_seed, first = [], None
   for k in range(seeds):
     cfg_k = copy.deepcopy(cfg)
@@ -151,14 +163,20 @@ def run_benchmark(config: Any, workdir: str, methods: str | Sequence[str] | Sequ
     wd = workdir if seeds == 1 else os.path.join(workdir, f"seed_{k}")
     if seeds > 1:
       log(f"--- seed {cfg_k['seed']} ({wd})")
-    rows, outputs, exp = run_seed(cfg_k, wd, methods, overwrite=overwrite, progress=progress, log=log)
+    rows, outputs, exp = run_seed(cfg_k, wd, methods, overwrite=overwrite, progress=progress, log=log,
+                                  ledger=ledger)
     per_seed.append(rows)
     first = first or (outputs, exp)
   rows = per_seed[0] if seeds == 1 else report.aggregate_seeds(per_seed)
   outputs, exp = first
   # With several seeds the plots show the first seed's models; the rows are means over seeds.
-  return write_tables(exp, os.path.join(workdir, "results"), rows, outputs, stage_rows=per_seed[0],
-                      notes=f"seeds: {seeds}" + (" (mean ± std)" if seeds > 1 else ""))
+  with ledger.stage("tables and plots"):
+    out = write_tables(exp, os.path.join(workdir, "results"), rows, outputs,
+                       stage_rows=per_seed[0],
+                       notes=f"seeds: {seeds}" + (" (mean ± std)" if seeds > 1 else ""))
+  if parallel.is_primary():
+    checkpoints.write_json(os.path.join(workdir, "results", "costs.json"), ledger.as_json())
+  return {**out, "costs": ledger.as_json()}
 
 
 def evaluate_workdir(config: Any, workdir: str) -> dict[str, Any]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import functools
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from mu_jax import parallel
+from mu_jax import costs, parallel
 from mu_jax.data import pipeline
 from mu_jax.data.splits import Examples
 from mu_jax.training import steps
@@ -31,6 +32,46 @@ def predict(state: TrainState, examples: Examples, *, task: str, batch_size: int
           "example_id": examples.example_ids}
 
 
+def predict_splits(state: TrainState, splits: Mapping[str, Examples], *, task: str,
+                   batch_size: int = 256) -> dict[str, dict[str, np.ndarray]]:
+  """:func:`predict` of several splits in one pass: their examples run back to back in shared
+  batches, so only the very last batch is padded and one program serves every split.
+
+  Returns:
+    {split: the :func:`predict` outputs of that split}.
+  """
+  names = list(splits)
+  sizes = [len(splits[n]) for n in names]
+  starts = np.cumsum([0] + sizes)
+  state = state.replace(tx=None, opt_state=None, step=0)
+  n_cls = getattr(getattr(state.apply_fn, "__self__", None), "num_classes", 0)
+  out = run_batched(steps.compiled_eval_step(task), state, _Chained(splits, starts), batch_size,
+                    {"logits": (n_cls,), "loss": ()})
+  return {n: {"logits": out["logits"][a:b], "loss": out["loss"][a:b],
+              "label": splits[n].labels, "identity": splits[n].identities,
+              "example_id": splits[n].example_ids}
+          for n, a, b in zip(names, starts[:-1], starts[1:])}
+
+
+class _Chained:
+  """Several splits' examples seen as one sequence, gathered per batch without copying them all."""
+
+  def __init__(self, splits: Mapping[str, Examples], starts: np.ndarray):
+    self.parts = list(splits.values())
+    self.starts = starts
+
+  def __len__(self) -> int:
+    return int(self.starts[-1])
+
+  def batch(self, index: np.ndarray) -> dict[str, np.ndarray]:
+    which = np.searchsorted(self.starts, index, side="right") - 1
+    rows = [np.flatnonzero(which == k) for k in range(len(self.parts))]
+    pieces = [(r, pipeline.host_batch(ex, index[r] - self.starts[k]))
+              for k, (ex, r) in enumerate(zip(self.parts, rows)) if len(r)]
+    order = np.argsort(np.concatenate([r for r, _ in pieces]))  # back to the batch's row order
+    return {key: np.concatenate([b[key] for _, b in pieces])[order] for key in pieces[0][1]}
+
+
 def run_batched(step: Callable, state: Any, examples: Examples, batch_size: int,
                 empty: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
   """Runs a data-parallel eval ``step`` over every example in padded batches, in order.
@@ -38,7 +79,7 @@ def run_batched(step: Callable, state: Any, examples: Examples, batch_size: int,
   Args:
     step: ``step(state, sharded_batch) -> {name: per-example array}``.
     state: the state the step takes.
-    examples: the examples, all of them evaluated once.
+    examples: the examples (or several splits chained), all of them evaluated once.
     batch_size: rounded down to a multiple of the device count (at least one per device).
     empty: the outputs to keep, each with its per-example shape (used when there are no examples).
 
@@ -48,11 +89,14 @@ def run_batched(step: Callable, state: Any, examples: Examples, batch_size: int,
   n_dev = parallel.num_devices()
   batch_size = max(n_dev, (batch_size // n_dev) * n_dev)
   parts = {name: [] for name in empty}
-  for idx, mask in pipeline.eval_batches(len(examples), batch_size):
-    out = parallel.to_host(step(state, parallel.shard(pipeline.host_batch(examples, idx))))
-    keep = mask > 0
-    for name in parts:
-      parts[name].append(out[name][keep])
+  gather = examples.batch if isinstance(examples, _Chained) else functools.partial(
+      pipeline.host_batch, examples)
+  with costs.measure("evaluation"):
+    for idx, mask in pipeline.eval_batches(len(examples), batch_size):
+      out = parallel.to_host(step(state, parallel.shard(gather(idx))))
+      keep = mask > 0
+      for name in parts:
+        parts[name].append(out[name][keep])
   return {name: np.concatenate(v) if v else np.zeros((0, *empty[name]), np.float32)
           for name, v in parts.items()}
 
