@@ -49,7 +49,7 @@ def get_config(arg: str | None = None):
   c.data = ml_collections.ConfigDict({
       "name": "synthetic_identities", "data_dir": "", "num_identities": 60,
       "images_per_identity": 10, "image_size": 32, "seed": 0, "nuisance": 0.6,
-      "texture_gain": 2.0, "max_shift": 2,
+      "texture_gain": 2.0, "max_shift": 2, "probe_fraction": 0.3, "probe_seed": 0,
       "forget": {"mode": "identity", "count": None, "fraction": 0.2, "identities": (), "seed": 0,
                  "paper_rows": None}})
   c.model = ml_collections.ConfigDict({
@@ -68,12 +68,19 @@ def get_config(arg: str | None = None):
     c.model.head, c.model.margin = "arcface", 0.5
   if args.get("data") == "folder":
     c.data = ml_collections.ConfigDict({
-        "name": "identity_folder", "data_dir": "", "image_size": 32,
+        "name": "identity_folder", "data_dir": "", "image_size": 32, "probe_fraction": 0.3,
+        "probe_seed": 0,
         "forget": {"mode": "identity", "count": None, "fraction": 0.2, "identities": (), "seed": 0,
                    "paper_rows": None}})
     c.train.augment = True
     for name in methods.names():
       c.unlearn.hparams[name].augment = True
+  if "generalise" in args and c.data.name == "synthetic_identities":
+    # Enough persons that the trunk learns what makes any face recognisable, not just these ones.
+    c.data.num_identities = 400
+    c.data.forget.count = 10
+    c.model.trunk, c.model.width, c.model.stem, c.model.embed_dim = "small_cnn", 16, "imagenet", 128
+    c.train.epochs, c.train.lr_boundaries = 30, (22,)
   if "runlocal" in args:
     if c.data.name == "synthetic_identities":
       # 28 train persons, 8 of them forgotten: enough forget queries for Rank-1 to mean something.
