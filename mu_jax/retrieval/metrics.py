@@ -10,7 +10,11 @@ found. The numbers here measure both from embeddings that the device code comput
 - :func:`tar_at_far`: verification TAR at a fixed FAR over all pairs;
 - :func:`identifiability`: how often the nearest gallery image shows the same person;
 - :func:`evaluate_retrieval`: all of them for a forget/retain identity split, with the key names of
-  docs/metrics.md#retrieval-columns.
+  docs/metrics.md#retrieval-columns;
+- :func:`probe_metrics` / :func:`evaluate_probes`: new photos of a person (probes, never trained or
+  unlearned on) against the enrolled gallery: Rank-1, Rank-5, mAP, flip rate and TAR@FAR, and
+  :func:`unretrievable_probe_row`, their expected values for embeddings that carry no identity
+  (docs/metrics.md#probe-photos).
 
 Embeddings are ℓ2-normalised here again (cosine similarity is the dot product of unit vectors), so
 un-normalised inputs give the same numbers; a zero embedding is refused. Gallery items with equal
