@@ -105,6 +105,8 @@ COLUMNS: tuple[Column, ...] = (
            doc="1:1 verification of the retained persons at a false-accept rate of 1e-3"),
     Column("heldout_map", "held-out mAP", "original", tables=R,
            doc="mAP among persons no model trained on (how the model generalises)"),
+    Column("heldout_rank1", "held-out R@1", "original", tables=R,
+           doc="Rank-1 among persons no model trained on: how findable a stranger is"),
     # Probe photos: new images of the train persons that no model trained or unlearned on, matched
     # against every enrolled image (docs/metrics.md#probe-photos).
     *(Column(f"{group}_probe_{key}", f"{group} probe {label}", better, tables=R,

@@ -135,10 +135,8 @@ def hold_out_probes(dataset: FaceDataset, fraction: float = 0.3, seed: int = 0,
   rng = np.random.default_rng([seed, 31_000])
   probes: set[str] = set()
   too_few = []
-  for person in sorted(by_person):
+  for person in sorted(by_person) if fraction > 0.0 else ():
     ids = by_person[person]
-    if fraction == 0.0:
-      continue
     if len(ids) < min_images:
       too_few.append(person)
       continue
