@@ -27,8 +27,8 @@ Probe photos: ``data.probe_fraction`` (0.3) of every train person's images, draw
 and scored against the enrolled images (docs/metrics.md#probe-photos); 0 turns them off.
 
 Default: 60 synthetic persons × 10 images (42 train persons, 8 forgotten), ResNet-18 trunk at width
-16 with the CIFAR stem and a 512-d embedding, CosFace s = 16, 80 epochs (÷10 at 60). Measured end
-to end: 18.6 min wall, 7.2 min CPU for both models and all six methods on the shared 2-core Xeon. This
+16 with the CIFAR stem and a 512-d embedding, CosFace s = 16, 80 epochs (÷10 at 60). Measured end to
+end: 18.6 min wall, 7.2 min CPU for both models and all six methods on the shared 2-core Xeon. This
 trunk recognises strangers (held-out Rank-1 0.78 retrained): its retrained model finds forgotten
 persons' probe photos as often as the original (Rank-1 0.83 against 0.75), though with far weaker
 matches (forget probe mAP 0.51 against 0.81).
