@@ -4,7 +4,9 @@
 
 Stages live in WORKDIR/retrieval (see :mod:`mu_jax.pipelines.retrieval`); the table goes to
 WORKDIR/results/retrieval.{json,csv,md} and the embeddings' PCA plot to retrieval_pca.png. Prints
-one line per method and the table. Running it again resumes and skips what has finished.
+the data line (enrolled and probe images), one line per method and the table, whose reference rows
+are the original, the retrained model and the unretrievable level of the probe-photo columns.
+Running it again resumes and skips what has finished.
 """
 
 from absl import flags

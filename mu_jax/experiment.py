@@ -419,7 +419,8 @@ class RetrievalTask(Task):
     from mu_jax.retrieval import evaluate as reval  # pylint: disable=import-outside-toplevel
     row = reval.evaluate_state(state, exp.data.train, exp.data.forget_identities, exp.data.heldout,
                                seed=exp.config["eval"]["seed"], batch_size=exp.eval_batch_size,
-                               outputs_dir=stage.outputs_dir if parallel.is_primary() else None)
+                               outputs_dir=stage.outputs_dir if parallel.is_primary() else None,
+                               probe=exp.data.probe)
     return row
 
 

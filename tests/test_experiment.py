@@ -179,7 +179,8 @@ def test_retrieval_stages_follow_the_same_identity_rule(tmp_path):
   assert row2["stage"] != row["stage"] and row2["hparams"]["lr"] == 0.01
   assert _digest(os.path.join(wd, "retrieval", row["stage"])) == first
   saved = json.load(open(os.path.join(wd, "results", "retrieval.json")))
-  assert [r["model"] for r in saved["rows"]] == ["original", "retrained", "gradient_ascent"]
+  assert [r["model"] for r in saved["rows"]] == ["original", "retrained", "unretrievable",
+                                                "gradient_ascent"]
 
 
 def test_a_retrieval_method_killed_after_a_checkpoint_resumes_to_the_uninterrupted_model(

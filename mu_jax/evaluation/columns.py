@@ -9,7 +9,9 @@ and then SISA's own.
 Directions (``better``):
   ``higher`` / ``lower``: plainly better that way;
   ``retrained``: best when closest to the retrained model (exact unlearning), not when extreme;
-  ``original``: best when it stays at the original model's value (utility kept).
+  ``original``: best when it stays at the original model's value (utility kept);
+  ``unretrievable``: best at the level of embeddings that carry no identity (the retrieval table's
+  ``unretrievable`` reference row): a forgotten person can no longer be found from a new photo.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import dataclasses
 import math
 from typing import Any, Mapping, Sequence
 
-ARROWS = {"higher": "↑", "lower": "↓", "retrained": "≈ retrained", "original": "≈ original"}
+ARROWS = {"higher": "↑", "lower": "↓", "retrained": "≈ retrained", "original": "≈ original",
+          "unretrievable": "≈ unretrievable"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +31,7 @@ class Column:
   Attributes:
     key: the row key (``results.json``, ``results.csv``).
     label: its name in table.md.
-    better: "higher", "lower", "retrained" or "original" (module docstring).
+    better: "higher", "lower", "retrained", "original" or "unretrievable" (module docstring).
     fmt: a format spec for the value (``.4f``, ``,d``, ``.1f``).
     tables: the tables showing it: "classification" (the benchmark, SISA rows included),
       "retrieval" and/or "sisa" (the SISA summary's own columns, after the classification ones).
@@ -123,6 +126,26 @@ COLUMNS: tuple[Column, ...] = (
            doc="1:1 verification of the retained persons at a false-accept rate of 1e-3"),
     Column("heldout_map", "held-out mAP", "original", tables=R,
            doc="mAP among persons no model trained on (how the model generalises)"),
+    Column("heldout_rank1", "held-out R@1", "original", tables=R,
+           doc="Rank-1 among persons no model trained on: how findable a stranger is"),
+    # Probe photos: new images of the train persons that no model trained or unlearned on, matched
+    # against every enrolled image (docs/metrics.md#probe-photos).
+    *(Column(f"{group}_probe_{key}", f"{group} probe {label}", better, tables=R,
+             doc=f"the {whose} probe photos vs the enrolled gallery: {what}; {judged}")
+      for group, better, whose, judged in (
+          ("forget", "unretrievable", "forgotten persons'",
+           "judged against the unretrievable row, with the retrained model as exact unlearning"),
+          ("retain", "original", "retained persons'", "judged against the original model"))
+      for key, label, what in (
+          ("rank1", "R@1", "share with a same-person image ranked first (ties shared)"),
+          ("rank5", "R@5", "share with a same-person image in the first five (ties shared)"),
+          ("map", "mAP", "mean average precision"),
+          ("flip_rate", "flip rate",
+           "share whose best same-person score is below their best other-person score (tie ½)"),
+          ("tar_at_far_1e-3", "TAR@FAR1e-3",
+           "1:1 verification (probe vs enrolled pairs, threshold on other-person pairs) at FAR 1e-3"),
+          ("tar_at_far_1e-2", "TAR@FAR1e-2",
+           "1:1 verification (probe vs enrolled pairs, threshold on other-person pairs) at FAR 1e-2"))),
     # Cost, in every table.
     Column("wall_s", "Wall seconds", "lower", ".1f", tables=B,
            doc="seconds of training steps (compilation excluded)"),
@@ -184,6 +207,10 @@ def legend(table: str = "classification") -> str:
   text = ("↑ higher is better, ↓ lower is better, ≈ retrained: best when closest to the retrained "
           "model (exact unlearning), not when extreme; ≈ original: best when unchanged from the "
           "original model.")
+  if table == "retrieval":
+    text += (" ≈ unretrievable: best at the unretrievable row, the expected value for embeddings "
+             "that carry no identity, computed from this gallery (probe columns: new photos that no "
+             "model trained or unlearned on).")
   if table in ("classification", "sisa"):
     text += (" MIA = the reference attack (logistic regression on per-example losses, forget vs "
              "unseen); its forgetting score |acc − 0.5| is the reference README's \"MIA\" column.")

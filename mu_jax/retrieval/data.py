@@ -19,8 +19,17 @@ for the persons a model trains on, weak for the others (pixel-space mAP 0.08-0.1
 benchmark's settings, nuisance 0.6 and texture gain 2). A model that never saw a person retrieves
 them poorly, so the retrained model is a meaningful target.
 
-Retrieval is evaluated over the images of the train persons (forget and retain identities in one
-gallery, :func:`mu_jax.retrieval.metrics.evaluate_retrieval`) and, as a reference for how well the
+**Probe photos** (:func:`hold_out_probes`). The privacy threat retrieval unlearning answers is a
+*new* photo of a person matched against a gallery. So before anything trains, every train person
+with at least 3 images gives up a seeded share of them (30 % by default, at least 1, and never so
+many that fewer than 2 stay) as *probes*: the manifest lists them as their own split ``probe`` and
+removes them from ``train``, ``retain`` and ``forget``, so no model trains or unlearns on them. The
+images left in ``train`` are the *enrolled* gallery. Persons with fewer images keep all of them;
+the manifest's ``meta["probes"]`` counts them.
+
+Retrieval is evaluated over the enrolled images of the train persons (forget and retain identities
+in one gallery, :func:`mu_jax.retrieval.metrics.evaluate_retrieval`), with the probes against that
+gallery (:func:`mu_jax.retrieval.metrics.evaluate_probes`) and, as a reference for how well the
 model generalises to people it never saw, over the held-out (test + unseen) persons on their own.
 """
 
@@ -32,7 +41,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mu_jax.data import loader, splits, synthetic
-from mu_jax.data.splits import DataError, Examples, FaceDataset
+from mu_jax.data.splits import DataError, Examples, FaceDataset, SplitManifest
+
+# The manifest split that holds the probe photos (beside the five of mu_jax.data.splits.SPLITS).
+PROBE_SPLIT = "probe"
 
 
 def identity_labels(dataset: FaceDataset) -> FaceDataset:
@@ -67,6 +79,7 @@ class RetrievalData:
     forget: images of the forgotten persons.
     heldout: test + unseen persons (never trained on): the generalisation reference.
     forget_identities: names of the forgotten persons.
+    probe: held-out photos of the train persons (module docstring), in no other split.
   """
 
   dataset: FaceDataset
@@ -75,6 +88,7 @@ class RetrievalData:
   forget: Examples
   heldout: Examples
   forget_identities: tuple[str, ...]
+  probe: Examples
 
   @property
   def num_classes(self) -> int:
@@ -86,19 +100,107 @@ class RetrievalData:
     return {"retain": self.retain, "forget": self.forget}
 
 
-def retrieval_data(dataset: FaceDataset) -> RetrievalData:
-  """Identity-labels ``dataset`` and gathers its retrieval splits.
+def hold_out_probes(dataset: FaceDataset, fraction: float = 0.3, seed: int = 0,
+                    min_images: int = 3) -> FaceDataset:
+  """Moves a seeded share of every train person's images into the ``probe`` split.
+
+  A person with at least ``min_images`` train images gives ``max(1, round(fraction × n))`` of them,
+  capped at n − 2 (two enrolled images must stay, so the person can still be queried among the
+  enrolled images); persons with fewer images give none. The images are drawn per person, persons
+  in sorted order, with ``seed``. ``train``, ``retain`` and ``forget`` lose the probes; test and
+  unseen persons are untouched. ``meta["probes"]`` records the request and the counts.
+
+  Args:
+    dataset: a dataset whose manifest has no ``probe`` split yet.
+    fraction: share of each person's images held out, in [0, 0.5]; 0 holds out none.
+    seed: the draw.
+    min_images: the fewest train images a person needs to give probes (at least 3).
+
+  Returns:
+    The dataset with the new manifest (the same examples).
+
+  Raises:
+    DataError: a bad fraction or minimum, or the manifest already has probes.
+  """
+  m = dataset.manifest
+  if not 0.0 <= fraction <= 0.5:
+    raise DataError(f"data.probe_fraction must be in [0, 0.5], got {fraction}")
+  if min_images < 3:
+    raise DataError(f"probes need persons with at least 3 images (2 stay enrolled), got {min_images}")
+  if PROBE_SPLIT in m.splits:
+    raise DataError(f"{m.dataset}: the manifest already has a {PROBE_SPLIT!r} split")
+  by_person: dict[str, list[str]] = {}
+  for e, i in m.splits["train"]:
+    by_person.setdefault(i, []).append(e)
+  rng = np.random.default_rng([seed, 31_000])
+  probes: set[str] = set()
+  too_few = []
+  for person in sorted(by_person) if fraction > 0.0 else ():
+    ids = by_person[person]
+    if len(ids) < min_images:
+      too_few.append(person)
+      continue
+    k = min(len(ids) - 2, max(1, int(round(fraction * len(ids)))))
+    probes.update(ids[j] for j in rng.choice(len(ids), size=k, replace=False))
+  splits_ = {k: [(e, i) for e, i in v if e not in probes] if k in ("train", "retain", "forget") else v
+             for k, v in m.splits.items()}
+  splits_[PROBE_SPLIT] = [(e, i) for e, i in m.splits["train"] if e in probes]
+  if not splits_["forget"] or not splits_["retain"]:
+    raise DataError(f"{m.dataset}: holding out probes left the forget or retain split empty")
+  forget = m.identities("forget")
+  meta = dict(m.meta, probes={
+      "fraction": fraction, "seed": seed, "min_images": min_images, "images": len(probes),
+      "forget_images": sum(i in forget for _, i in splits_[PROBE_SPLIT]),
+      "persons_with_probes": len({i for _, i in splits_[PROBE_SPLIT]}),
+      "persons_without_probes": len(by_person) - len({i for _, i in splits_[PROBE_SPLIT]}),
+      "persons_with_too_few_images": len(too_few)})
+  manifest = SplitManifest(m.dataset, splits_, m.image_hashes, meta, m.allowed_overlaps)
+  return dataclasses.replace(dataset, manifest=manifest)
+
+
+def probe_examples(dataset: FaceDataset) -> Examples:
+  """The examples of the manifest's ``probe`` split (none when it has no such split).
+
+  Raises:
+    DataError: a probe is also listed in another split, or is not a train person's image.
+  """
+  m = dataset.manifest
+  pairs = m.splits.get(PROBE_SPLIT, [])
+  ids = [e for e, _ in pairs]
+  elsewhere = set(ids) & {e for s, v in m.splits.items() if s != PROBE_SPLIT for e, _ in v}
+  if elsewhere:
+    raise DataError(f"{m.dataset}: probe images also listed in another split: {sorted(elsewhere)[:5]}")
+  strangers = {i for _, i in pairs} - m.identities("train")
+  if strangers:
+    raise DataError(f"{m.dataset}: probes of persons who are not train persons: {sorted(strangers)[:5]}")
+  index = {e: j for j, e in enumerate(dataset.examples.example_ids.tolist())}
+  unknown = [e for e in ids if e not in index]
+  if unknown:
+    raise DataError(f"manifest split {PROBE_SPLIT!r} names examples that were not read: {unknown[:5]}")
+  return dataset.examples.subset(np.asarray([index[e] for e in ids], np.int64))
+
+
+def retrieval_data(dataset: FaceDataset, probe_fraction: float = 0.3,
+                   probe_seed: int = 0) -> RetrievalData:
+  """Holds out probes (:func:`hold_out_probes`), identity-labels ``dataset`` and gathers its
+  retrieval splits.
+
+  Args:
+    dataset: the data set as read (no ``probe`` split yet).
+    probe_fraction: share of each train person's images held out as probes (0: none).
+    probe_seed: the draw of the probes.
 
   Raises:
     DataError: the manifest leaks identities across splits, or forget/retain is empty.
   """
   dataset.manifest.check()
-  ds = identity_labels(dataset)
+  ds = identity_labels(hold_out_probes(dataset, probe_fraction, probe_seed))
+  ds.manifest.check()
   parts = [ds.split(s) for s in ("test", "unseen")]
   nonempty = [p for p in parts if len(p)]
   heldout = Examples.concatenate(nonempty) if nonempty else parts[0]
   return RetrievalData(ds, ds.split("train"), ds.split("retain"), ds.split("forget"), heldout,
-                       tuple(sorted(ds.manifest.identities("forget"))))
+                       tuple(sorted(ds.manifest.identities("forget"))), probe_examples(ds))
 
 
 def _person(rng: np.random.Generator) -> dict[str, Any]:
@@ -197,9 +299,11 @@ def load(cfg: Mapping[str, Any]) -> RetrievalData:
 
   Every name goes through the one reader registry, :func:`mu_jax.data.loader.load_dataset`
   (``synthetic_identities`` is :func:`make_synthetic_identities`; the synthetic faces are read
-  with ``task="age"``: the labels are replaced anyway).
+  with ``task="age"``: the labels are replaced anyway). ``probe_fraction`` (default 0.3) and
+  ``probe_seed`` (default 0) choose the probe photos (:func:`hold_out_probes`).
   """
   cfg = dict(cfg)
   if cfg.get("name") == "synthetic":
     cfg["task"] = "age"
-  return retrieval_data(loader.load_dataset(cfg))
+  return retrieval_data(loader.load_dataset(cfg), float(cfg.get("probe_fraction", 0.3)),
+                        int(cfg.get("probe_seed", 0)))

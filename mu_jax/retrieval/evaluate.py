@@ -3,9 +3,12 @@
 Device code computes embeddings (eval mode, no augmentation); the metrics run on the host with
 :mod:`mu_jax.retrieval.metrics`. A row has the retrieval keys of docs/metrics.md (``forget_map``,
 ``forget_rank1``, ``retain_map``, ``retain_rank1``, ``forget_compactness``, ``retain_compactness``,
-``identifiability``) plus ``retain_tar_at_far_1e-3`` and the held-out persons' ``heldout_map`` and
+``identifiability``) plus ``retain_tar_at_far_1e-3``, the held-out persons' ``heldout_map`` and
 ``heldout_rank1`` (how well the model retrieves people it never trained on: the level a model that
-never saw the forgotten persons reaches on them).
+never saw the forgotten persons reaches on them) and the probe photos' twelve columns
+(``forget_probe_rank1`` ... ``retain_probe_tar_at_far_1e-2``,
+:func:`mu_jax.retrieval.metrics.evaluate_probes`: new photos of each train person matched against
+the enrolled images).
 """
 
 from __future__ import annotations
@@ -79,32 +82,42 @@ def retrieval_summary(emb: np.ndarray, ids: np.ndarray, seed: int = 0) -> dict[s
 
 def evaluate_embeddings(train_emb: np.ndarray, train_ids: np.ndarray,
                         forget_identities: Sequence[str], heldout_emb: np.ndarray | None = None,
-                        heldout_ids: np.ndarray | None = None, seed: int = 0) -> dict[str, float]:
-  """A retrieval row from embeddings of the train persons (and optionally the held-out persons).
+                        heldout_ids: np.ndarray | None = None, seed: int = 0,
+                        probe_emb: np.ndarray | None = None,
+                        probe_ids: np.ndarray | None = None) -> dict[str, float]:
+  """A retrieval row from embeddings of the train persons (and optionally the held-out persons and
+  the probes).
 
   Args:
-    train_emb: [N, d] embeddings of every train image (forget and retain persons).
+    train_emb: [N, d] embeddings of every enrolled train image (forget and retain persons).
     train_ids: [N] their persons.
     forget_identities: the forgotten persons.
     heldout_emb: [M, d] embeddings of held-out persons, or None.
     heldout_ids: [M] their persons.
     seed: the query choice.
+    probe_emb: [P, d] embeddings of the probe photos, or None.
+    probe_ids: [P] their persons.
 
   Returns:
     :func:`mu_jax.retrieval.metrics.evaluate_retrieval`'s keys plus ``heldout_map`` and
-    ``heldout_rank1`` (nan without held-out persons).
+    ``heldout_rank1`` (nan without held-out persons) and, with probes,
+    :func:`mu_jax.retrieval.metrics.evaluate_probes`' keys (the enrolled images as the gallery).
   """
   row = metrics.evaluate_retrieval(train_emb, train_ids, forget_identities, seed=seed)
   held = {"map": float("nan"), "rank1": float("nan")}
   if heldout_emb is not None and len(heldout_emb):
     held = retrieval_summary(heldout_emb, heldout_ids, seed)
   row["heldout_map"], row["heldout_rank1"] = held["map"], held["rank1"]
+  if probe_emb is not None and len(probe_emb):
+    row.update(metrics.evaluate_probes(probe_emb, probe_ids, train_emb, train_ids,
+                                       forget_identities))
   return row
 
 
 def evaluate_state(state: TrainState, train: Examples, forget_identities: Sequence[str],
                    heldout: Examples | None = None, seed: int = 0, batch_size: int = 256,
-                   outputs_dir: str | None = None) -> dict[str, float]:
+                   outputs_dir: str | None = None,
+                   probe: Examples | None = None) -> dict[str, float]:
   """Embeds the sets with ``state`` and returns the retrieval row.
 
   Args:
@@ -114,18 +127,24 @@ def evaluate_state(state: TrainState, train: Examples, forget_identities: Sequen
     heldout: held-out persons' images, or None.
     seed: the query choice.
     batch_size: eval batch.
-    outputs_dir: if given, ``train.npz`` and ``heldout.npz`` per-example outputs (with embeddings)
-      are written there (``WORKDIR/retrieval/<stage>/outputs``).
+    outputs_dir: if given, ``train.npz``, ``heldout.npz`` and ``probe.npz`` per-example outputs
+      (with embeddings) are written there (``WORKDIR/retrieval/<stage>/outputs``).
+    probe: the probe photos, or None.
   """
   out_t = outputs(state, train, batch_size)
   out_h = outputs(state, heldout, batch_size) if heldout is not None and len(heldout) else None
+  out_p = outputs(state, probe, batch_size) if probe is not None and len(probe) else None
   if outputs_dir:
     checkpoints.save_outputs(outputs_dir, "train", out_t)
     if out_h is not None:
       checkpoints.save_outputs(outputs_dir, "heldout", out_h)
+    if out_p is not None:
+      checkpoints.save_outputs(outputs_dir, "probe", out_p)
   return evaluate_embeddings(out_t["embedding"], np.asarray(train.identities), forget_identities,
                              None if out_h is None else out_h["embedding"],
-                             None if out_h is None else np.asarray(heldout.identities), seed)
+                             None if out_h is None else np.asarray(heldout.identities), seed,
+                             None if out_p is None else out_p["embedding"],
+                             None if out_p is None else np.asarray(probe.identities))
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:

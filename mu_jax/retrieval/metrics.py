@@ -10,7 +10,11 @@ found. The numbers here measure both from embeddings that the device code comput
 - :func:`tar_at_far`: verification TAR at a fixed FAR over all pairs;
 - :func:`identifiability`: how often the nearest gallery image shows the same person;
 - :func:`evaluate_retrieval`: all of them for a forget/retain identity split, with the key names of
-  docs/metrics.md#retrieval-columns.
+  docs/metrics.md#retrieval-columns;
+- :func:`probe_metrics` / :func:`evaluate_probes`: new photos of a person (probes, never trained or
+  unlearned on) against the enrolled gallery: Rank-1, Rank-5, mAP, flip rate and TAR@FAR, and
+  :func:`unretrievable_probe_row`, their expected values for embeddings that carry no identity
+  (docs/metrics.md#probe-photos).
 
 Embeddings are ℓ2-normalised here again (cosine similarity is the dot product of unit vectors), so
 un-normalised inputs give the same numbers; a zero embedding is refused. Gallery items with equal
@@ -327,3 +331,195 @@ def evaluate_retrieval(emb, ids, forget_identities: Iterable, seed: int = 0,
       "n_forget_queries": int(len(forget_q)),
       "n_retain_queries": int(len(retain_q)),
   }
+
+
+# ------------------------------------------------------------------------------ probe photos
+
+# The verification operating points of the probe columns, with the spelling of their row keys.
+PROBE_FARS = ((1e-3, "1e-3"), (1e-2, "1e-2"))
+PROBE_METRICS = ("rank1", "rank5", "map", "flip_rate") + tuple(f"tar_at_far_{s}" for _, s in PROBE_FARS)
+
+
+def probe_keys(prefix: str) -> tuple[str, ...]:
+  """The row keys of one group's probe metrics: ``forget_probe_rank1``, ... for ``prefix="forget"``."""
+  return tuple(f"{prefix}_probe_{m}" for m in PROBE_METRICS)
+
+
+def _rank_k_hits(sims: np.ndarray, rel: np.ndarray, k: int) -> np.ndarray:
+  """Per row, the chance that a same-person item is among the first ``k`` when ties are ordered at
+  random: 1 if one scores above the k-th highest value; otherwise 1 − C(t−p, m)/C(t, m), where the
+  ``t`` items tied at that value hold ``p`` same-person items and fill the ``m`` places left."""
+  n = sims.shape[1]
+  if n <= k:
+    return rel.any(axis=1).astype(np.float64)
+  kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1:k]
+  above, tied = sims > kth, sims == kth
+  pos_above = np.any(rel & above, axis=1)
+  m = k - above.sum(axis=1)
+  t = tied.sum(axis=1).astype(np.float64)
+  p = np.sum(rel & tied, axis=1).astype(np.float64)
+  miss = np.ones(len(sims))
+  for i in range(k):
+    step = np.maximum(t - p - i, 0.0) / np.maximum(t - i, 1.0)
+    miss *= np.where(i < m, step, 1.0)
+  return np.where(pos_above, 1.0, 1.0 - miss)
+
+
+def probe_metrics(probe_emb, probe_ids, gallery_emb, gallery_ids) -> dict:
+  """Rank-1, Rank-5, mAP, flip rate and TAR@FAR of new photos (probes) against an enrolled gallery.
+
+  Probes are never in the gallery. Each probe ranks the gallery by cosine similarity:
+
+  - ``rank1``/``rank5``: whether an image of the probe's person is among the first 1 / 5, with tied
+    gallery items in random order (the expectation over that order, so no gallery order matters);
+  - ``map``: average precision as in :func:`retrieval_metrics` (ties share their precision);
+  - ``flip_rate``: the share of probes whose best same-person score is below their best
+    other-person score (a retrieval flip, arXiv 2512.13317); an exact tie counts one half;
+  - ``tar_at_far_1e-3`` / ``1e-2``: 1:1 verification over every (probe, enrolled image) pair: the
+    share of same-person pairs accepted at the threshold whose false-accept rate over the
+    other-person pairs is at most the FAR (:func:`mu_jax.evaluation.attacks.tpr_at_fpr`).
+
+  A probe whose person has no enrolled image cannot be found; it is left out and counted in
+  ``n_probes_without_enrolled``. Memory holds all Q×G scores for the verification pairs.
+
+  Args:
+    probe_emb: [Q, D] probe embeddings.
+    probe_ids: [Q] their persons.
+    gallery_emb: [G, D] enrolled embeddings.
+    gallery_ids: [G] their persons.
+
+  Returns:
+    ``{"rank1", "rank5", "map", "flip_rate", "tar_at_far_1e-3", "tar_at_far_1e-2", "n_probes",
+    "n_probes_without_enrolled"}``; the metrics are nan when no probe has an enrolled image, and the
+    TARs also when no other-person pair exists.
+  """
+  q = _unit(probe_emb, "probe_emb")
+  g = _unit(gallery_emb, "gallery_emb")
+  if len(g) == 0:
+    raise ValueError("the gallery is empty: probes need enrolled images to be matched against")
+  if len(q) and q.shape[1] != g.shape[1]:
+    raise ValueError(f"probe_emb has dimension {q.shape[1]} but gallery_emb has {g.shape[1]}")
+  q_codes, g_codes = _codes(_ids(probe_ids, len(q), "probe_ids"), _ids(gallery_ids, len(g), "gallery_ids"))
+  keep = np.isin(q_codes, g_codes)
+  q, q_codes = q[keep], q_codes[keep]
+  nan = float("nan")
+  out = {m: nan for m in PROBE_METRICS}
+  out.update(n_probes=int(len(q)), n_probes_without_enrolled=int(np.sum(~keep)))
+  if len(q) == 0:
+    return out
+  r1, r5, ap, flip, genuine, impostor = [], [], [], [], [], []
+  for s in range(0, len(q), _QUERY_CHUNK):
+    sims = q[s:s + _QUERY_CHUNK] @ g.T
+    rel = g_codes[None, :] == q_codes[s:s + _QUERY_CHUNK, None]
+    r1.append(_rank_k_hits(sims, rel, 1))
+    r5.append(_rank_k_hits(sims, rel, 5))
+    best_same = np.where(rel, sims, -np.inf).max(axis=1)
+    best_other = np.where(rel, -np.inf, sims).max(axis=1)
+    flip.append((best_same < best_other) + 0.5 * (best_same == best_other))
+    genuine.append(sims[rel])
+    impostor.append(sims[~rel])
+  for a, _, _ in _tie_aware_scores(q, q_codes, g, g_codes):
+    ap.append(a)
+  out.update(rank1=float(np.mean(np.concatenate(r1))), rank5=float(np.mean(np.concatenate(r5))),
+             map=float(np.mean(np.concatenate(ap))), flip_rate=float(np.mean(np.concatenate(flip))))
+  gen, imp = np.concatenate(genuine), np.concatenate(impostor)
+  for far, name in PROBE_FARS:
+    out[f"tar_at_far_{name}"] = tpr_at_fpr(gen, imp, far) if len(imp) else nan
+  return out
+
+
+def unretrievable_probe_metrics(probe_ids, gallery_ids) -> dict:
+  """The expected :func:`probe_metrics` of embeddings that carry no identity, for this gallery.
+
+  With identity-free embeddings every probe's ranking of the gallery is a uniformly random
+  permutation. For a probe whose person has ``n`` of the ``G`` enrolled images: Rank-1 = n/G;
+  Rank-5 = 1 − C(G−n, 5)/C(G, 5); average precision = H_G/G + (n−1)(G−H_G)/(G(G−1)) (H_G the G-th
+  harmonic number: the expectation of Σ_k rel_k·hits_k/k over random orders, divided by n); flip
+  rate = (G−n)/G (the first item is another person's); and genuine and impostor scores share one
+  distribution, so TAR at FAR f is f. Each is averaged over the probes as :func:`probe_metrics`
+  averages them (probes without an enrolled image left out).
+
+  Args:
+    probe_ids: [Q] the probes' persons.
+    gallery_ids: [G] the enrolled images' persons.
+
+  Returns:
+    :func:`probe_metrics`' keys.
+  """
+  p = np.asarray(probe_ids)
+  g = np.asarray(gallery_ids)
+  if p.ndim != 1 or g.ndim != 1:
+    raise ValueError(f"probe_ids and gallery_ids must be vectors, got shapes {p.shape} and {g.shape}")
+  if len(g) == 0:
+    raise ValueError("the gallery is empty: probes need enrolled images to be matched against")
+  p_codes, g_codes = _codes(p, g)
+  counts = np.bincount(g_codes, minlength=int(max(p_codes.max(initial=0), g_codes.max()) + 1))
+  n = counts[p_codes].astype(np.float64) if len(p) else np.zeros(0)
+  keep = n > 0
+  n = n[keep]
+  size = float(len(g))
+  nan = float("nan")
+  out = {m: nan for m in PROBE_METRICS}
+  out.update(n_probes=int(len(n)), n_probes_without_enrolled=int(np.sum(~keep)))
+  if len(n) == 0:
+    return out
+  harmonic = float(np.sum(1.0 / np.arange(1, len(g) + 1)))
+  k = min(5, len(g))
+  miss5 = np.ones_like(n)
+  for i in range(k):
+    miss5 *= np.maximum(size - n - i, 0.0) / (size - i)
+  ap = harmonic / size + ((n - 1) * (size - harmonic) / (size * (size - 1)) if size > 1 else 0.0)
+  out.update(rank1=float(np.mean(n / size)), rank5=float(np.mean(1.0 - miss5)),
+             map=float(np.mean(ap)), flip_rate=float(np.mean((size - n) / size)))
+  for far, name in PROBE_FARS:
+    out[f"tar_at_far_{name}"] = far
+  return out
+
+
+def _split_probes(probe_ids, forget_identities: Iterable) -> tuple[np.ndarray, np.ndarray]:
+  p = np.asarray(probe_ids)
+  forget = set(forget_identities)
+  is_forget = np.array([v in forget for v in p.tolist()], dtype=bool)
+  return is_forget, p
+
+
+def evaluate_probes(probe_emb, probe_ids, gallery_emb, gallery_ids,
+                    forget_identities: Iterable) -> dict:
+  """:func:`probe_metrics` for the forgotten and for the retained persons' probes separately.
+
+  The gallery is the same for both: every enrolled image of every train person, so a forgotten
+  person's probe competes with everyone.
+
+  Args:
+    probe_emb: [Q, D] probe embeddings.
+    probe_ids: [Q] their persons.
+    gallery_emb: [G, D] enrolled embeddings.
+    gallery_ids: [G] their persons.
+    forget_identities: the forgotten persons.
+
+  Returns:
+    ``forget_probe_<m>`` and ``retain_probe_<m>`` for each metric of :data:`PROBE_METRICS`, plus
+    ``n_forget_probes`` and ``n_retain_probes``; a group without probes has nan metrics.
+  """
+  x = np.asarray(probe_emb, dtype=np.float64)
+  is_forget, p = _split_probes(_ids(probe_ids, len(x), "probe_ids"), forget_identities)
+  row = {}
+  for prefix, sel in (("forget", is_forget), ("retain", ~is_forget)):
+    m = (probe_metrics(x[sel], p[sel], gallery_emb, gallery_ids) if sel.any()
+         else {k: float("nan") for k in PROBE_METRICS} | {"n_probes": 0})
+    row.update({f"{prefix}_probe_{k}": m[k] for k in PROBE_METRICS})
+    row[f"n_{prefix}_probes"] = int(m["n_probes"])
+  return row
+
+
+def unretrievable_probe_row(probe_ids, gallery_ids, forget_identities: Iterable) -> dict:
+  """:func:`unretrievable_probe_metrics` with :func:`evaluate_probes`' keys: the level a model
+  reaches when a forgotten (or retained) person cannot be found at all."""
+  is_forget, p = _split_probes(probe_ids, forget_identities)
+  row = {}
+  for prefix, sel in (("forget", is_forget), ("retain", ~is_forget)):
+    m = (unretrievable_probe_metrics(p[sel], gallery_ids) if sel.any()
+         else {k: float("nan") for k in PROBE_METRICS} | {"n_probes": 0})
+    row.update({f"{prefix}_probe_{k}": m[k] for k in PROBE_METRICS})
+    row[f"n_{prefix}_probes"] = int(m["n_probes"])
+  return row
