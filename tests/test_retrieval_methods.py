@@ -156,7 +156,8 @@ def test_steps_pure_traced_once_and_equal_on_4_and_1_devices(name):
     assert sorted(traces) == [1, 4], (name, phase.name, traces)
     state, aux = out1[0], out1[1]
     if phase.after is not None:
-      state, aux = parallel.to_host(jax.jit(phase.after)(state, aux))
+      state, aux = parallel.to_host(
+          jax.jit(phase.after)(state, aux, driver.step_info(unlearner, 0, 1.0)))
     # Parameters moved, except in cure's K-means passes, which only update the centroids.
     moved = not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(out1[0].params),
                                                          jax.tree.leaves(_base_state().params)))
