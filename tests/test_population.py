@@ -124,7 +124,9 @@ def test_masks_respected_planted_example(data, model, tmp_path):
 
 def test_two_by_two_mesh_equals_one_device(data, masks, model, tmp_path):
   train, test = data
-  kw = dict(task="multiclass", seeds=SEEDS, masks=masks, lrs=LRS, progress=False)
+  # The batched plan here (the other tests run "auto"): lax convolutions vmapped by XLA.
+  kw = dict(task="multiclass", seeds=SEEDS, masks=masks, lrs=LRS, progress=False,
+            convolution="batched")
   grid = pop.train_population(model, train, CFG, stage_dir=str(tmp_path / "grid"),
                               member_shards=2, **kw)
   one = pop.train_population(model, train, CFG, stage_dir=str(tmp_path / "one"),
@@ -134,9 +136,9 @@ def test_two_by_two_mesh_equals_one_device(data, masks, model, tmp_path):
   assert _max_diff(grid.states.params, one.states.params) < ATOL
   assert _max_diff(grid.states.batch_stats, one.states.batch_stats) < ATOL
   e_grid = pop.evaluate_population(model, grid.states, test, task="multiclass", batch_size=32,
-                                   member_shards=2)
+                                   member_shards=2, convolution="batched")
   e_one = pop.evaluate_population(model, grid.states, test, task="multiclass", batch_size=32,
-                                  devices=jax.devices()[:1])
+                                  devices=jax.devices()[:1], convolution="batched")
   np.testing.assert_allclose(e_grid["logits"], e_one["logits"], atol=1e-5)
 
 

@@ -74,10 +74,13 @@ from mu_jax.training.fit import TrainConfig
 from mu_jax.training.state import TrainState, create_state
 
 CONVOLUTIONS = ("auto", "installed", "batched")
-# What "auto" means: measured with benchmarks/population.py on the synthetic runlocal model
-# (BUILD_NOTES.md, "Populations"): XLA's grouped convolution was faster than one native kernel
-# call per member at every population size measured.
-AUTO_CONVOLUTION = "batched"
+# What "auto" means. Measured with `benchmarks/population.py --convolutions=batched,installed
+# --nosequential` on the synthetic runlocal model (small CNN width 16, 16 px, 8 epochs, batch 32,
+# members on random halves of 270 images; 2-core Xeon with AVX-512, shared with other jobs):
+# wall seconds minus the step's compilation, 16 members 4.3 (installed: mu_jax's CPU plans, one
+# member after another) against 10.8 (batched: XLA's grouped convolution), 32 members 7.0 against
+# 22.1. Off the CPU the installed hook is plain lax, so the two plans coincide there.
+AUTO_CONVOLUTION = "installed"
 
 # Stacked states, per-member keys, learning rates and flags: split over the member axis.
 MEMBER_SPEC = P(parallel.MEMBER_AXIS)
@@ -329,27 +332,31 @@ def rows_digest(rows: np.ndarray) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _init_fn(model, image_shape: tuple[int, ...]) -> Callable[..., Any]:
-  """Initial states of many members in one compiled program (one compile per model and shape)."""
+  """One member's initial state, compiled once per model and input shape.
+
+  Not vmapped: compiling the vmapped initialisation took twice as long (7 s against 3.5 s for the
+  runlocal small CNN, mostly the random number generation), and running it once per member takes
+  milliseconds; it also gives exactly ``fit``'s initial parameters.
+  """
   tx = member_optimizer()
 
-  def one(key, lr, momentum, weight_decay):
+  def init_member(key, lr, momentum, weight_decay):
     v = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
     st = create_state(model, {"params": v["params"], "batch_stats": v.get("batch_stats", {})}, tx)
     return st.replace(opt_state=with_hyperparams(st.opt_state, learning_rate=lr, momentum=momentum,
                                                  weight_decay=weight_decay))
 
-  return jax.jit(jax.vmap(one))
+  return jax.jit(init_member)
 
 
 def init_states(model, plans: Sequence[MemberPlan], image_shape: Sequence[int], cfg: TrainConfig
                 ) -> TrainState:
   """The members' fresh host states, stacked: ``fit``'s initialisation for each member's seed."""
-  keys = jnp.stack([jax.random.fold_in(jax.random.key(p.seed), 0) for p in plans])
-  n = len(plans)
-  states = _init_fn(model, tuple(int(d) for d in image_shape))(
-      keys, jnp.asarray([p.lr for p in plans], jnp.float32),
-      jnp.full((n,), cfg.momentum, jnp.float32), jnp.full((n,), cfg.weight_decay, jnp.float32))
-  return jax.tree.map(np.asarray, states)
+  init = _init_fn(model, tuple(int(d) for d in image_shape))
+  states = [jax.tree.map(np.asarray, init(jax.random.fold_in(jax.random.key(p.seed), 0),
+                                          np.float32(p.lr), np.float32(cfg.momentum),
+                                          np.float32(cfg.weight_decay))) for p in plans]
+  return jax.tree.map(lambda *x: np.stack(x), *states)
 
 
 def member(states: TrainState, k: int) -> TrainState:
