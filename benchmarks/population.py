@@ -56,8 +56,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "..", "experiments", "configs",
                            "synthetic.py:runlocal"), "ml_collections config file.")
 _KS = flags.DEFINE_list("ks", ["4", "16", "32"], "Population sizes.")
-_CONVOLUTIONS = flags.DEFINE_list("convolutions", ["auto"],
-                                  "Convolution plans of the stacked runs (auto, batched, installed).")
+_CONVOLUTIONS = flags.DEFINE_list(
+    "convolutions", ["auto"], "Convolution plans of the stacked runs (auto, batched, installed).")
 _FRACTION = flags.DEFINE_float("fraction", 0.5, "Fraction of the training examples per member.")
 _SEQUENTIAL = flags.DEFINE_bool("sequential", True,
                                 "Also train the members one after another (the baseline).")

@@ -52,7 +52,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import math
 import os
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -84,7 +83,8 @@ AUTO_CONVOLUTION = "installed"
 
 # Stacked states, per-member keys, learning rates and flags: split over the member axis.
 MEMBER_SPEC = P(parallel.MEMBER_AXIS)
-# Per-member batches [members, batch, ...]: members over the member axis, examples over the data axis.
+# Per-member batches [members, batch, ...]: members over the member axis, examples over the data
+# axis.
 MEMBER_BATCH_SPEC = P(parallel.MEMBER_AXIS, parallel.AXIS)
 # One batch [batch, ...] every member evaluates: examples over the data axis.
 SHARED_BATCH_SPEC = P(parallel.AXIS)
