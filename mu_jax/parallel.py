@@ -23,6 +23,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 AXIS = "data"
 REPLICATED = P()
 SHARDED = P(AXIS)
+# The leading axis of a population of models trained as one program (mu_jax.training.population).
+MEMBER_AXIS = "member"
 
 
 @functools.lru_cache(maxsize=None)
@@ -33,6 +35,29 @@ def _mesh_for(devices: tuple[Any, ...]) -> Mesh:
 def mesh(devices: Sequence[Any] | None = None) -> Mesh:
   """A 1-D mesh over ``devices`` (default: every device of every process)."""
   return _mesh_for(tuple(devices if devices is not None else jax.devices()))
+
+
+@functools.lru_cache(maxsize=None)
+def _member_mesh_for(devices: tuple[Any, ...], member_shards: int) -> Mesh:
+  grid = np.asarray(devices).reshape(member_shards, len(devices) // member_shards)
+  return Mesh(grid, (MEMBER_AXIS, AXIS))
+
+
+def member_mesh(member_shards: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
+  """A 2-D mesh (:data:`MEMBER_AXIS` × :data:`AXIS`) over ``devices`` (default: all of them).
+
+  A population's models are split over the ``member_shards`` rows and each model's batch over the
+  devices of its row, so collectives over :data:`AXIS` (gradient means, BatchNorm statistics)
+  reduce within one group of models and never mix models.
+
+  Raises:
+    ValueError: ``member_shards`` does not divide the device count.
+  """
+  devices = tuple(devices if devices is not None else jax.devices())
+  if member_shards < 1 or len(devices) % member_shards:
+    raise ValueError(f"member_shards={member_shards} must be a positive divisor of the "
+                     f"{len(devices)} devices")
+  return _member_mesh_for(devices, int(member_shards))
 
 
 def num_devices(m: Mesh | None = None) -> int:
