@@ -23,7 +23,7 @@ Members with different subset sizes take different numbers of steps per epoch: e
 the longest member's step count, and a member with no batch left keeps its state unchanged
 (``jnp.where`` over the whole state), as the stacked SISA trainer (:mod:`mu_jax.sisa.train`) does
 with its shards. The learning rate is a value in the optimizer state
-(``optax.inject_hyperparams``; torch's SGD: weight decay added to the gradient, then momentum),
+(:func:`mu_jax.training.state.traced_optimizer`, torch's SGD),
 written at the start of each epoch, so members with different step counts and learning rates
 share one program and epoch-indexed decays are applied exactly.
 
@@ -59,7 +59,6 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
@@ -70,7 +69,7 @@ from mu_jax.data.splits import Examples
 from mu_jax.models import layers
 from mu_jax.training import steps
 from mu_jax.training.fit import TrainConfig
-from mu_jax.training.state import TrainState, create_state
+from mu_jax.training.state import TrainState, create_state, traced_optimizer, with_hyperparams
 
 CONVOLUTIONS = ("auto", "installed", "batched")
 # What "auto" means. Measured with `benchmarks/population.py --convolutions=batched,installed
@@ -88,35 +87,6 @@ MEMBER_SPEC = P(parallel.MEMBER_AXIS)
 MEMBER_BATCH_SPEC = P(parallel.MEMBER_AXIS, parallel.AXIS)
 # One batch [batch, ...] every member evaluates: examples over the data axis.
 SHARED_BATCH_SPEC = P(parallel.AXIS)
-
-
-# ------------------------------------------------------------------ optimizer
-
-
-def _torch_sgd(learning_rate, momentum, weight_decay):
-  # With momentum 0 and weight decay 0 this is exactly plain SGD: g + 0·t = g and g + 0·θ = g.
-  return optax.chain(optax.add_decayed_weights(weight_decay), optax.trace(decay=momentum),
-                     optax.scale_by_learning_rate(learning_rate))
-
-
-@functools.lru_cache(maxsize=None)
-def member_optimizer() -> optax.GradientTransformation:
-  """torch's SGD with ``learning_rate``, ``momentum`` and ``weight_decay`` in its state.
-
-  One object for every population: the optimizer is a static field of the train state, so states
-  whose optimizers are the same object stack into one pytree and share compiled steps.
-  """
-  return optax.inject_hyperparams(_torch_sgd)(learning_rate=0.0, momentum=0.0, weight_decay=0.0)
-
-
-def with_hyperparams(opt_state: Any, **values: Any) -> Any:
-  """An ``optax.InjectHyperparamsState`` with the given hyperparameters replaced (float32)."""
-  hp = dict(opt_state.hyperparams)
-  for k, v in values.items():
-    if k not in hp:
-      raise ValueError(f"unknown hyperparameter {k!r}; the optimizer has {sorted(hp)}")
-    hp[k] = jnp.asarray(v, jnp.float32)
-  return opt_state._replace(hyperparams=hp)
 
 
 def epoch_learning_rate(lr: float, epoch: int, boundaries: Sequence[int], decay: float
@@ -338,7 +308,7 @@ def _init_fn(model, image_shape: tuple[int, ...]) -> Callable[..., Any]:
   runlocal small CNN, mostly the random number generation), and running it once per member takes
   milliseconds; it also gives exactly ``fit``'s initial parameters.
   """
-  tx = member_optimizer()
+  tx = traced_optimizer("sgd")
 
   def init_member(key, lr, momentum, weight_decay):
     v = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
