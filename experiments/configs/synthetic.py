@@ -18,6 +18,12 @@ Variants (comma-separated after the colon):
                   20 s, export_torch, then experiments.benchmark with the .pth checkpoint (import,
                   retrain, all 16 methods, evaluation) 9 min 50 s wall, peak RSS 4.5 GB, on a 2-core
                   Intel Xeon (AVX-512) partly shared with another job.
+  population      runlocal plus three populations of 16 small CNNs (U-LiRA shadows over a pool of
+                  forget and unseen persons, originals, retrained models): every row gains
+                  identity-level U-LiRA (ulira_auc, ulira_acc, ulira_tpr_at_1pct_fpr), the NeurIPS
+                  2023 forget score and final score (forget_score, neurips_score) beside ToW. It
+                  trains 51 models and runs 32 unlearning runs per method; it prints the plan and
+                  an estimate before the populations start.
   mufac_size      MUFAC's scale and recipe on synthetic faces, for timing on an accelerator: 2,228
                   persons × 6 images at 128×128 (10,026 train images; MUFAC has 10,025), the full
                   ResNet-18, lr 0.01 ÷10 at epochs 10 and 20, 30 epochs, batch 64. Not measured
@@ -70,7 +76,7 @@ def get_config(arg: str | None = None):
     c.model.width = base.model.width
     c.train = base.train
     c.unlearn.batch_size = base.unlearn.batch_size
-  if "runlocal" in args:
+  if "runlocal" in args or "population" in args:
     c.data.num_identities = 60
     c.data.images_per_identity = 6
     c.data.image_size = 16
@@ -78,6 +84,9 @@ def get_config(arg: str | None = None):
     c.model.width = 16
     c.train.epochs = 8
     c.train.lr_boundaries = (6,)
+  if "population" in args:
+    c.population = {"members": 16, "seed": 1000, "variance": "global", "example_level": False,
+                    "convolution": "auto", "member_shards": 1}
   if "torchvision" in args:
     # torchvision's ResNet-18 (width 64, ImageNet stem, 8 classes): the shape a PyTorch checkpoint
     # imports into (--config.model.checkpoint=...); after runlocal, which would pick a small CNN.

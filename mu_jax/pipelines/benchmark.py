@@ -5,7 +5,9 @@ original (its stage named by its hyperparameters, :mod:`mu_jax.experiment`), sav
 outputs, and compute one result row per model against the retrained model. With one seed
 everything lives in ``WORKDIR``; with ``seeds=N`` seed ``k`` lives in ``WORKDIR/seed_k`` (config
 seed + k) and ``WORKDIR/results`` holds mean ± std. SISA deployments found in the workdir
-(``WORKDIR/sisa/*/results.json``) join the table as ``sisa`` rows.
+(``WORKDIR/sisa/*/results.json``) join the table as ``sisa`` rows. A config with a ``population``
+section adds the population columns (U-LiRA, the NeurIPS 2023 forget score;
+:mod:`mu_jax.pipelines.population`) to the original, retrained and method rows.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from mu_jax import checkpoints, costs, parallel
 from mu_jax import experiment as engine
 from mu_jax.evaluation import columns, plots, report
 from mu_jax.methods.registry import Method
+from mu_jax.pipelines import population
 
 
 def evaluate_stages(exp: engine.Experiment, stages: Sequence[engine.Stage], *,
@@ -77,6 +80,7 @@ def run_seed(config: dict[str, Any], workdir: str, methods: str | Sequence[str],
   """Trains, unlearns and evaluates one seed in ``workdir``; ``ledger`` records each stage's
   compile, training, evaluation and other seconds (a stage found finished trains 0 s)."""
   ledger = ledger or costs.Ledger()
+  population.Settings.from_config(config)  # a bad population section fails before any work
   with ledger.stage("data + workdir"):
     exp = engine.Experiment.create(config, workdir, methods=methods, overwrite=overwrite)
   for stage in engine.TRAINED:
@@ -103,6 +107,9 @@ def run_seed(config: dict[str, Any], workdir: str, methods: str | Sequence[str],
   n_boot = int(exp.config.get("eval", {}).get("bootstrap", 200))
   with ledger.stage("evaluation"):
     rows, outputs = evaluate_stages(exp, stages, n_bootstrap=n_boot)
+  if population.Settings.from_config(exp.config) is not None:
+    with ledger.stage("populations") as cost:
+      cost["train"] = population.add_columns(exp, rows, exp.selected, progress=progress, log=log)
   return rows, outputs, exp
 
 

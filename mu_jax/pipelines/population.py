@@ -1,0 +1,394 @@
+"""Populations in the benchmark: identity-level U-LiRA and the NeurIPS 2023 forget score per row.
+
+With a ``population`` section in the config (``experiments/configs/synthetic.py:population``), the
+benchmark trains three populations of ``members`` models each, as stacked programs
+(:mod:`mu_jax.training.population`), and adds population columns (``docs/metrics.md``) to the
+original, retrained and every method row:
+
+* ``ulira``: member k trains on the retain persons plus a random half of the *pool* (the forget
+  persons and the never-trained ``unseen`` persons); every pool person is in exactly half of the
+  members. Each method unlearns, from member k, the pool persons member k trained on. The original
+  row reads the members before unlearning; identity-level U-LiRA
+  (:func:`mu_jax.evaluation.population.ulira`) then asks, per member and pool person, "unlearned or
+  never trained?".
+* ``original``: members trained on the whole training split (retain + forget), each unlearned by
+  every method with the real forget set: the forget score's unlearned population.
+* ``retrained``: members trained on the retain persons alone, with the retrained recipe. They are
+  the forget score's retrained population and, read with the ``ulira`` inclusion masks, the
+  retrained row's U-LiRA population (retraining without the pool half is training on retain
+  alone); the retrained row's forget score compares two disjoint halves of them
+  (:func:`mu_jax.evaluation.population.retrained_ceiling`).
+
+Seeds: member k of the three populations has seed ``seed + k``, ``seed + members + k`` and
+``seed + 2·members + k``. Every population and every (method, populations) pair is a stage with an
+identity (:mod:`mu_jax.experiment`): a trained population resumes from its per-epoch checkpoints,
+and a method's population run keeps each member's outputs as it finishes them, so a killed run
+resumes at the next member. Training is stacked; each member's unlearning runs the method's one
+compiled step per step kind (:mod:`mu_jax.methods.driver`), member after member.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mu_jax import checkpoints, parallel
+from mu_jax import experiment as engine
+from mu_jax.data.splits import Examples
+from mu_jax.evaluation import population as stats
+from mu_jax.methods import driver
+from mu_jax.methods.registry import Method
+from mu_jax.training import evaluate
+from mu_jax.training import population as trainer
+
+POPULATIONS = ("ulira", "original", "retrained")
+GROUP = "populations"
+# What each population's members are evaluated on (and what their outputs files hold).
+EVAL_SPLITS = {"ulira": ("pool",), "original": ("forget", "retain", "test"),
+               "retrained": ("pool", "forget", "retain", "test")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """``config.population``.
+
+  Attributes:
+    members: models per population (K; at least 6, the retrained row's ceiling needs 3 per half).
+    seed: the first member's seed (module docstring).
+    variance: U-LiRA's Gaussian variance, "global" (advised below 64 shadow models) or "per_image".
+    example_level: U-LiRA per image instead of per person.
+    convolution: the stacked trainer's convolution plan ("auto", "installed", "batched").
+    member_shards: groups of devices the members are split over.
+  """
+
+  members: int = 16
+  seed: int = 1000
+  variance: str = "global"
+  example_level: bool = False
+  convolution: str = "auto"
+  member_shards: int = 1
+
+  @classmethod
+  def from_config(cls, cfg: Mapping[str, Any]) -> "Settings | None":
+    """The config's population settings, or None when it has no ``population`` section.
+
+    Raises:
+      ValueError: an unknown key or a value out of range, naming it.
+    """
+    section = cfg.get("population")
+    if not section:
+      return None
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(section) - fields)
+    if unknown:
+      raise ValueError(f"config.population: unknown keys {unknown}; it has {sorted(fields)}")
+    s = cls(**dict(section))
+    if not isinstance(s.members, int) or s.members < 6:
+      raise ValueError(f"config.population.members must be an integer >= 6, got {s.members!r}")
+    if s.variance not in ("global", "per_image"):
+      raise ValueError(f"config.population.variance must be 'global' or 'per_image', got "
+                       f"{s.variance!r}")
+    trainer.resolve_convolution(s.convolution)
+    return s
+
+  def seeds(self, population: str) -> list[int]:
+    offset = POPULATIONS.index(population) * self.members
+    return [self.seed + offset + k for k in range(self.members)]
+
+
+@dataclasses.dataclass
+class Pool:
+  """The U-LiRA pool: forget and unseen persons, and which members trained on each.
+
+  Attributes:
+    examples: the pool's images (forget split, then unseen split).
+    persons: [I] the pool person (column of ``included``) of each image.
+    names: the persons' identities, in column order.
+    included: [K, P] 0/1: member k trained on person p (each column sums to ⌊K/2⌋).
+  """
+
+  examples: Examples
+  persons: np.ndarray
+  names: list[str]
+  included: np.ndarray
+
+  def member_rows(self, k: int) -> np.ndarray:
+    """Rows of ``examples`` member k trained on."""
+    return np.flatnonzero(self.included[k][self.persons])
+
+
+def make_pool(forget: Examples, unseen: Examples, members: int, seed: int) -> Pool:
+  """The pool and its balanced random halves (every person in exactly ⌊K/2⌋ members).
+
+  Raises:
+    ValueError: the forget or unseen split is empty.
+  """
+  for name, split in (("forget", forget), ("unseen", unseen)):
+    if len(split) == 0:
+      raise ValueError(f"population U-LiRA needs {name} persons, and the {name} split is empty")
+  examples = Examples.concatenate([forget, unseen])
+  names, persons = np.unique(examples.identities.astype(str), return_inverse=True)
+  rng = np.random.default_rng(seed)
+  included = np.zeros((members, len(names)), np.int8)
+  for p in range(len(names)):
+    included[rng.permutation(members)[:members // 2], p] = 1
+  return Pool(examples, persons.astype(np.int64), [str(n) for n in names], included)
+
+
+class Runner:
+  """The populations of one experiment and the method runs over them."""
+
+  def __init__(self, exp: engine.Experiment, settings: Settings, *, progress: bool = True,
+               log: Callable[[str], None] = print):
+    self.exp, self.settings, self.progress, self.log = exp, settings, progress, log
+    self.task = exp.dataset.task
+    self.splits = {s: exp.split(s) for s in ("retain", "forget", "test", "unseen")}
+    self.pool = make_pool(self.splits["forget"], self.splits["unseen"], settings.members,
+                          settings.seed)
+    self.splits["pool"] = self.pool.examples
+    self._states: dict[str, Any] = {}
+    # Seconds this call spent training and unlearning members (compilation excluded).
+    self.train_s = 0.0
+
+  # -- stages
+  def population_stage(self, population: str) -> engine.Stage:
+    exp, s = self.exp, self.settings
+    recipe = "retrained" if population == "retrained" else "original"
+    identity = {"task": exp.task.name, "manifest": exp.workdir.manifest.content_hash,
+                "data": exp.config["data"], "model": exp.model_identity,
+                "train": dataclasses.asdict(exp.train_config(recipe)),
+                "seeds": s.seeds(population), "convolution": s.convolution}
+    if population == "ulira":
+      identity["pool"] = {"persons": self.pool.names, "included": self.pool.included.tolist()}
+    return exp.workdir.stage("population", population, identity, group=GROUP)
+
+  def method_stage(self, method: Method) -> engine.Stage:
+    ucfg = self.exp.unlearn_config
+    return self.exp.workdir.stage("population_unlearn", method.name, {
+        "factory": method.factory_path, "hparams": method.hparams,
+        "batch_size": int(ucfg.get("batch_size", 64)), "seed": int(ucfg.get("seed", 42)),
+        "variance": self.settings.variance, "example_level": self.settings.example_level,
+        "parents": {p: self.population_stage(p).identity for p in POPULATIONS}},
+        group=os.path.join(GROUP, "unlearned"))
+
+  # -- training
+  def _training_data(self, population: str) -> tuple[Examples, np.ndarray | None]:
+    if population == "retrained":
+      return self.splits["retain"], None
+    if population == "original":
+      return Examples.concatenate([self.splits["retain"], self.splits["forget"]]), None
+    retain, pool = self.splits["retain"], self.pool
+    masks = np.concatenate([np.ones((self.settings.members, len(retain)), np.int8),
+                            pool.included[:, pool.persons]], axis=1)
+    return Examples.concatenate([retain, pool.examples]), masks
+
+  def states(self, population: str) -> Any:
+    """The population's stacked host states: trained, resumed, or read back from its checkpoints."""
+    if population not in self._states:
+      st = self.population_stage(population)
+      st.begin()
+      train, masks = self._training_data(population)
+      recipe = "retrained" if population == "retrained" else "original"
+      fresh = not st.done
+      result = trainer.train_population(
+          self.exp.model, train, self.exp.train_config(recipe), task=self.task,
+          seeds=self.settings.seeds(population), masks=masks, stage_dir=st.dir,
+          member_shards=self.settings.member_shards, convolution=self.settings.convolution,
+          progress=self.progress)
+      self._states[population] = result.states
+      self.train_s += result.wall_s - result.compile_s
+      if fresh:
+        outputs = self._evaluate_stacked(population, result.states)
+        for split, out in outputs.items():
+          if parallel.is_primary():
+            checkpoints.save_outputs(st.outputs_dir, split, out)
+        st.finish({**engine.stage_cost(st.dir), "members": self.settings.members})
+        self.log(f"{'population ' + population:>24}: {self.settings.members} models, "
+                 f"{result.wall_s:7.1f} s ({result.compile_s:.1f} s compiling)")
+    return self._states[population]
+
+  def _evaluate_stacked(self, population: str, states: Any) -> dict[str, dict[str, np.ndarray]]:
+    return {split: trainer.evaluate_population(
+        self.exp.model, states, self.splits[split], task=self.task,
+        batch_size=self.exp.eval_batch_size, member_shards=self.settings.member_shards,
+        convolution=self.settings.convolution) for split in EVAL_SPLITS[population]}
+
+  def outputs(self, population: str) -> dict[str, dict[str, np.ndarray]]:
+    """Per split, the members' stacked outputs ({"logits": [K, N, C], "loss", "label", ...})."""
+    self.states(population)
+    st = self.population_stage(population)
+    return {split: checkpoints.load_outputs(st.outputs_dir, split)
+            for split in EVAL_SPLITS[population]}
+
+  # -- methods
+  def unlearn(self, method: Method) -> dict[str, Any]:
+    """The method's population columns: it unlearns every member of ``ulira`` and ``original``.
+
+    Each member's outputs are saved as soon as it is done (``<stage>/outputs/<population>_<k>``),
+    so a killed run resumes at the next member; ``done.json`` holds the columns.
+    """
+    st = self.method_stage(method)
+    if st.done:
+      return st.record()["columns"]
+    states = {p: self.states(p) for p in ("ulira", "original")}
+    st.begin()
+    ucfg = self.exp.unlearn_config
+    run_cfg = driver.RunConfig(batch_size=int(ucfg.get("batch_size", 64)),
+                               seed=int(ucfg.get("seed", 42)), task=self.task, log_splits=(),
+                               eval_batch_size=self.exp.eval_batch_size)
+    k_all = self.settings.members
+    bar = tqdm(total=2 * k_all, desc=f"{method.name}: unlearning {2 * k_all} models",
+               disable=None if self.progress else True, leave=False)
+    t0 = time.time()
+    per: dict[str, list[dict[str, dict[str, np.ndarray]]]] = {"ulira": [], "original": []}
+    for population in ("ulira", "original"):
+      for k in range(k_all):
+        name = f"{population}_{k}"
+        path = os.path.join(st.outputs_dir, f"{name}.npz")
+        if not os.path.exists(path):
+          if population == "ulira":
+            forget = self.pool.examples.subset(self.pool.member_rows(k))
+            evals = {"pool": self.splits["pool"]}
+          else:
+            forget = self.splits["forget"]
+            evals = {s: self.splits[s] for s in ("forget", "retain", "test")}
+          result = driver.run_detailed(method.create(), trainer.member(states[population], k),
+                                       {"retain": self.splits["retain"], "forget": forget},
+                                       run_cfg)
+          self.train_s += result.wall_s
+          out = evaluate.predict_splits(result.state, evals, task=self.task,
+                                        batch_size=self.exp.eval_batch_size)
+          if parallel.is_primary():
+            checkpoints.save_outputs(st.outputs_dir, name, {
+                f"{s}_{key}": v for s, o in out.items() for key, v in o.items()
+                if key in ("logits", "loss")} | {"halted": np.bool_(result.halted),
+                                                 "wall_s": np.float64(result.wall_s)})
+          parallel.barrier(f"mu_jax.population:{st.rel}:{name}")
+        saved = checkpoints.load_outputs(st.outputs_dir, name)
+        per[population].append(saved)
+        bar.update(1)
+    bar.close()
+    stack = {p: {key: np.stack([m[key] for m in per[p]]) for key in per[p][0]
+                 if key not in ("halted", "wall_s")} for p in per}
+    columns = self.columns(ulira_logits=stack["ulira"]["pool_logits"],
+                           forget_logits=stack["original"]["forget_logits"],
+                           retain_logits=stack["original"]["retain_logits"],
+                           test_logits=stack["original"]["test_logits"])
+    columns["population_unlearn_s"] = float(sum(float(m["wall_s"]) for p in per for m in per[p]))
+    columns["population_halted"] = int(sum(bool(m["halted"]) for p in per for m in per[p]))
+    st.finish({"method": method.name, "hparams": method.hparams, "columns": columns,
+               "wall_s": time.time() - t0})
+    return columns
+
+  # -- columns
+  def _accuracy(self, logits: np.ndarray, split: str) -> np.ndarray:
+    return trainer._accuracy(logits, self.splits[split].labels, self.task)  # pylint: disable=protected-access
+
+  def _confidences(self, logits: np.ndarray, split: str) -> np.ndarray:
+    phi = stats.logit_scaled_confidence(logits, self.splits[split].labels, self.task)
+    # A multi-label head gives one φ per attribute: the example's φ is their mean.
+    return phi.mean(axis=-1) if phi.ndim == 3 else phi
+
+  def _ulira(self, pool_logits: np.ndarray) -> dict[str, Any]:
+    out = stats.ulira(self._confidences(pool_logits, "pool"),
+                      self.pool.included[:, self.pool.persons] if self.settings.example_level
+                      else self.pool.included, self.pool.persons,
+                      example_level=self.settings.example_level, variance=self.settings.variance,
+                      seed=self.settings.seed)
+    return {k: v for k, v in out.items() if not isinstance(v, np.ndarray)}
+
+  def _retrained(self) -> dict[str, Any]:
+    out = self.outputs("retrained")
+    return {"forget": self._confidences(out["forget"]["logits"], "forget"),
+            "retain_acc": self._accuracy(out["retain"]["logits"], "retain"),
+            "test_acc": self._accuracy(out["test"]["logits"], "test"),
+            "pool_logits": out["pool"]["logits"],
+            # The final score divides by the retrained models' accuracies: undefined (nan) where a
+            # tiny run leaves one of them at 0.
+            "defined": bool(np.all(self._accuracy(out["retain"]["logits"], "retain") > 0) and
+                            np.all(self._accuracy(out["test"]["logits"], "test") > 0))}
+
+  def columns(self, *, ulira_logits: np.ndarray, forget_logits: np.ndarray,
+              retain_logits: np.ndarray, test_logits: np.ndarray) -> dict[str, Any]:
+    """U-LiRA and forget-score columns of a row whose population outputs are given.
+
+    Args:
+      ulira_logits: [K, I] pool logits of the row's U-LiRA population (after unlearning).
+      forget_logits, retain_logits, test_logits: the row's forget-score population's logits.
+    """
+    r = self._retrained()
+    f = stats.forget_score(self._confidences(forget_logits, "forget"), r["forget"])
+    retain_acc, test_acc = self._accuracy(retain_logits, "retain"), self._accuracy(test_logits,
+                                                                                   "test")
+    defined = r["defined"]
+    return {**self._ulira(ulira_logits), "forget_score": f["forget_score"],
+            "neurips_score": stats.neurips_score(f["forget_score"], retain_acc, r["retain_acc"],
+                                                 test_acc, r["test_acc"]) if defined
+            else float("nan"),
+            "population_members": self.settings.members}
+
+  def original_columns(self) -> dict[str, Any]:
+    u, o = self.outputs("ulira"), self.outputs("original")
+    return self.columns(ulira_logits=u["pool"]["logits"], forget_logits=o["forget"]["logits"],
+                        retain_logits=o["retain"]["logits"], test_logits=o["test"]["logits"])
+
+  def retrained_columns(self) -> dict[str, Any]:
+    r = self._retrained()
+    accs = {"retain_acc": r["retain_acc"], "test_acc": r["test_acc"]} if r["defined"] else {}
+    ceiling = stats.retrained_ceiling(r["forget"], seed=self.settings.seed, **accs)
+    return {**self._ulira(r["pool_logits"]), "forget_score": ceiling["forget_score"],
+            "neurips_score": ceiling.get("neurips_score", float("nan")),
+            "population_members": self.settings.members}
+
+  def plan(self, methods: Sequence[Method]) -> str:
+    """What the populations will cost, said before anything runs.
+
+    The estimate reads this workdir's single-model stages: training the three populations costs at
+    most 3·K times the original's training (stacking makes it less), and each method's population
+    run about 2·K times the method's single run plus their evaluation.
+    """
+    k = self.settings.members
+    exp = self.exp
+    train_s = exp.trained_stage("original").record()["wall_s"] if exp.trained_stage(
+        "original").done else float("nan")
+    pending = [p for p in POPULATIONS if not self.population_stage(p).done]
+    unlearn_s = 0.0
+    todo = [m for m in methods if not self.method_stage(m).done]
+    for m in todo:
+      ms = exp.method_stage(m)
+      unlearn_s += 2 * k * (ms.record()["wall_s"] if ms.done else float("nan"))
+    return (f"populations: {len(pending)} of {len(POPULATIONS)} to train ({len(pending) * k} "
+            f"models, at most ~{len(pending) * k * train_s / 60:.1f} min unstacked), "
+            f"{len(todo)} methods × {2 * k} unlearning runs (~{unlearn_s / 60:.1f} min of "
+            f"unlearning steps, from each method's single run)")
+
+
+def add_columns(exp: engine.Experiment, rows: list[dict[str, Any]], methods: Sequence[Method], *,
+                progress: bool = True, log: Callable[[str], None] = print) -> float:
+  """Adds the population columns to the original, retrained and method rows (in place).
+
+  Returns:
+    The seconds this call spent training and unlearning members (0 without a ``population``
+    section in the config, when it does nothing).
+  """
+  settings = Settings.from_config(exp.config)
+  if settings is None:
+    return 0.0
+  runner = Runner(exp, settings, progress=progress, log=log)
+  log(runner.plan(methods))
+  by_stage = {r.get("stage"): r for r in rows}
+  by_stage[exp.trained_stage("original").rel].update(runner.original_columns())
+  by_stage[exp.trained_stage("retrained").rel].update(runner.retrained_columns())
+  for m in methods:
+    cols = runner.unlearn(m)
+    row = by_stage.get(exp.method_stage(m).rel)
+    if row is not None:
+      row.update(cols)
+    log(f"{m.name:>24}: U-LiRA AUC {cols['ulira_auc']:.3f} acc {cols['ulira_acc']:.3f}, "
+        f"forget score {cols['forget_score']:.3f}")
+  return runner.train_s
