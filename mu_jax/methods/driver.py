@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,7 @@ from mu_jax.data import pipeline
 from mu_jax.data.splits import Examples, FaceDataset
 from mu_jax.methods.base import Spec, Unlearner
 from mu_jax.training import evaluate
+from mu_jax.training.population import place
 from mu_jax.training.state import TrainState
 
 
@@ -390,6 +391,186 @@ def run_detailed(unlearner: Unlearner, state: TrainState, data: Any,
     ckpt.close()
   return RunResult(parallel.to_host(state), parallel.to_host(aux), history, bool(halted), message,
                    time.time() - t0, seen)
+
+
+class ShapeMismatch(ValueError):
+  """Members of :func:`run_stacked` whose batches differ in shape: one program cannot run them."""
+
+
+@dataclasses.dataclass
+class StackedResult:
+  """What :func:`run_stacked` returns.
+
+  Attributes:
+    states: the K final states stacked along a leading member axis, on the host (each member's last
+      finite state).
+    aux: the members' auxiliary states, stacked.
+    halted: [K] which members stopped on a non-finite loss.
+    steps: [K] steps each member took.
+    examples: [K] examples fed to each member's steps.
+    wall_s: seconds of this call, compilation excluded.
+    compile_s: seconds spent compiling.
+  """
+
+  states: TrainState
+  aux: Any
+  halted: np.ndarray
+  steps: np.ndarray
+  examples: np.ndarray
+  wall_s: float
+  compile_s: float
+
+
+@functools.lru_cache(maxsize=256)
+def _compile_stacked(step, augment: bool):
+  """``guarded(step)`` vmapped over members, data-parallel over the batch axis of each member.
+
+  Arguments: states, aux, batches [K, B, ...], rng (shared), info (per member), halted [K] and
+  active [K]; an inactive member (its epoch has no batch left) keeps its state.
+  """
+  one = guarded(step, augment)
+
+  def member(state, aux, batch, rng, info, halted, active):
+    new_state, new_aux, metrics, new_halted = one(state, aux, batch, rng, info, halted)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(active, n, o), new, old)
+    return (keep(new_state, state), keep(new_aux, aux), metrics,
+            jnp.where(active, new_halted, halted))
+
+  R, M = parallel.REPLICATED, jax.sharding.PartitionSpec(None, parallel.AXIS)
+  stacked = jax.vmap(member, in_axes=(0, 0, 0, None, 0, 0, 0))
+  return parallel.data_parallel(stacked, in_specs=(R, R, M, R, R, R, R), out_specs=(R, R, R, R))
+
+
+@functools.lru_cache(maxsize=256)
+def _compile_stacked_after(after):
+  def member(state, aux, info, skip):
+    new_state, new_aux = after(state, aux, info)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(skip, o, n), new, old)
+    return keep(new_state, state), keep(new_aux, aux)
+  return jax.jit(jax.vmap(member))
+
+
+def _batch_shape(item: Any) -> tuple[int, ...]:
+  """A planned batch's size (forget and retain sizes of a paired one)."""
+  if isinstance(item, dict):
+    return (len(item["forget"][1]), len(item["retain"][1]))
+  return (len(item[1]),)
+
+
+def _stack(trees: list[Any]) -> Any:
+  return jax.tree.map(lambda *x: np.stack(x), *trees)
+
+
+def run_stacked(unlearner: Unlearner | Sequence[Unlearner], states: TrainState,
+                data: Sequence[Mapping[str, Examples]], config: RunConfig) -> StackedResult:
+  """Runs ``unlearner`` on K members at once: one compiled program per step kind for all of them.
+
+  Member k runs exactly what :func:`run_detailed` would run from ``states[k]`` on ``data[k]``
+  (the same batches, keys, step info and ``after`` calls), up to float rounding: the steps are
+  ``vmap``-ped over a leading member axis. Members whose splits differ in size take different
+  numbers of steps; each runs the longest member's count and a member with no batch left keeps its
+  state. Per-epoch logging and checkpoints are not kept (a population keeps its members' outputs).
+
+  Args:
+    unlearner: the method, or one per member: the same method with other values of its continuous
+      hyperparameters (learning rates in the optimizer state, ``traced`` values), whose phases
+      share their step functions; one program then serves every value.
+    states: K original models stacked along a leading axis (host arrays).
+    data: per member a mapping with ``retain`` and ``forget`` Examples.
+    config: batch size, seed and task as for :func:`run_detailed` (``log_splits`` and
+      ``checkpoint_dir`` are not used).
+
+  Returns:
+    A :class:`StackedResult`.
+
+  Raises:
+    ShapeMismatch: members whose batches differ in shape (a split smaller than the batch in some
+      members only), which one program cannot run (run them with :func:`run_detailed`).
+    ValueError: unlearners whose phases or optimizers are not one computation.
+  """
+  if config.task is None:
+    raise ValueError("RunConfig.task is required")
+  k_all = len(data)
+  if k_all == 0:
+    raise ValueError("run_stacked needs at least one member")
+  unlearners = [unlearner] * k_all if isinstance(unlearner, Unlearner) else list(unlearner)
+  if len(unlearners) != k_all:
+    raise ValueError(f"{len(unlearners)} unlearners for {k_all} members")
+  unlearner = unlearners[0]
+  unlearner.check_task(config.task)
+  host = jax.tree.map(np.asarray, states)
+  members = [jax.tree.map(lambda x: x[k], host) for k in range(k_all)]
+  rng = jax.random.key(config.seed)
+  spec = spec_for(members[0], data[0], config.task)
+  phases = list(unlearner.phases(spec))
+  shape = lambda u: [(p.step, p.after, p.stream, p.epochs, p.partial, p.max_steps, p.augment)
+                     for p in u.phases(spec)]
+  for u in unlearners[1:]:
+    if u.optimizer != unlearner.optimizer or shape(u) != shape(unlearner) or \
+        set(u.traced) != set(unlearner.traced):
+      raise ValueError(f"{u.name} with {u.hparams} and {unlearner.name} with {unlearner.hparams} "
+                       "are not one computation (other phases, steps or optimizer): stack only "
+                       "values of continuous hyperparameters")
+  inits = []
+  for u, st in zip(unlearners, members):
+    st = st.replace(tx=u.optimizer, opt_state=u.optimizer.init(st.params),
+                    step=jnp.zeros((), jnp.int32))
+    inits.append(jax.tree.map(np.asarray, u.init(st, jax.random.fold_in(rng, 0), spec)))
+  state, aux = _stack([s for s, _ in inits]), _stack([a for _, a in inits])
+  epochs = [(p, e) for p in phases for e in range(p.epochs)]
+  n_dev = parallel.num_devices()
+  plans = [[_stream_plan(p.stream, {"retain": len(d["retain"]), "forget": len(d["forget"])},
+                         config.batch_size, config.seed, k, n_dev, p.max_steps, p.partial, e)
+            for k, (p, e) in enumerate(epochs)] for d in data]
+  totals = [max(sum(len(plan) for plan in member_plans), 1) for member_plans in plans]
+  for k, (phase, _) in enumerate(epochs):
+    shapes = {_batch_shape(item) for member_plans in plans for item in member_plans[k]}
+    if len(shapes) > 1:
+      raise ShapeMismatch(f"{unlearner.name}: phase {phase.name!r} would feed the members batches "
+                          f"of {len(shapes)} shapes {sorted(shapes)[:3]} (a split smaller than the "
+                          "batch in some members only); run the members one at a time")
+  hp = [u.traced for u in unlearners]
+  done = np.zeros(k_all, np.int64)
+  examples = np.zeros(k_all, np.int64)
+
+  def info_at(k: int) -> dict[str, Any]:
+    return {"progress": jnp.asarray(done / np.asarray(totals), jnp.float32),
+            "epoch": jnp.full((k_all,), k, jnp.int32),
+            "hp": {n: jnp.asarray([h[n] for h in hp], jnp.float32) for n in hp[0]}}
+
+  mesh = parallel.mesh()
+  member_batch = jax.sharding.PartitionSpec(None, parallel.AXIS)
+  state, aux = parallel.replicate((state, aux))
+  halted = parallel.replicate(jnp.zeros(k_all, bool))
+  stopped_before = np.zeros(k_all, bool)
+  t0, compile_s = time.time(), 0.0
+  for k, (phase, e) in enumerate(epochs):
+    batches = [_materialize(member_plans[k], d, phase.stream)
+               for member_plans, d in zip(plans, data)]
+    n_steps = max(len(b) for b in batches)
+    fn = _compile_stacked(phase.step, phase.augment)
+    for i in range(n_steps):
+      active = np.array([i < len(b) for b in batches])
+      step_batches = [b[min(i, len(b) - 1)] if b else None for b in batches]
+      filler = next(b for b in step_batches if b is not None)
+      batch = place(_stack([b if b is not None else filler for b in step_batches]), mesh,
+                    member_batch)
+      args = (state, aux, batch, jax.random.fold_in(jax.random.fold_in(rng, 1 + k), i),
+              info_at(k), halted, parallel.replicate(jnp.asarray(active)))
+      if i == 0:
+        fn, seconds = _executable(fn, *args)
+        compile_s += seconds
+      state, aux, _, halted = fn(*args)
+      for m in np.flatnonzero(active & ~stopped_before):
+        examples[m] += _count(step_batches[m])
+      done += active
+    if phase.after is not None and e == phase.epochs - 1:
+      # A member that had stopped before this epoch skips it, as run_detailed stops its loop.
+      state, aux = _compile_stacked_after(phase.after)(state, aux, info_at(k), stopped_before)
+    stopped_before = np.asarray(parallel.to_host(halted))
+  return StackedResult(parallel.to_host(state), parallel.to_host(aux),
+                       np.asarray(parallel.to_host(halted)), done, examples,
+                       time.time() - t0 - compile_s, compile_s)
 
 
 def run(unlearner: Unlearner, state: TrainState, data: Any, config: RunConfig | None = None

@@ -34,6 +34,7 @@ import os
 import time
 from typing import Any, Callable, Mapping, Sequence
 
+import jax
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -43,7 +44,6 @@ from mu_jax.data.splits import Examples
 from mu_jax.evaluation import population as stats
 from mu_jax.methods import driver
 from mu_jax.methods.registry import Method
-from mu_jax.training import evaluate
 from mu_jax.training import population as trainer
 
 POPULATIONS = ("ulira", "original", "retrained")
@@ -229,8 +229,12 @@ class Runner:
   def unlearn(self, method: Method) -> dict[str, Any]:
     """The method's population columns: it unlearns every member of ``ulira`` and ``original``.
 
-    Each member's outputs are saved as soon as it is done (``<stage>/outputs/<population>_<k>``),
-    so a killed run resumes at the next member; ``done.json`` holds the columns.
+    The members of a population are unlearned as one stacked program
+    (:func:`mu_jax.methods.driver.run_stacked`) and evaluated as one; where their batches cannot
+    share a shape (a member's forget set smaller than the batch) they run one after another. Each
+    member's outputs are saved as soon as its population is done
+    (``<stage>/outputs/<population>_<k>.npz``), so a killed run resumes with the population it
+    had not finished; ``done.json`` holds the columns.
     """
     st = self.method_stage(method)
     if st.done:
@@ -242,48 +246,62 @@ class Runner:
                                seed=int(ucfg.get("seed", 42)), task=self.task, log_splits=(),
                                eval_batch_size=self.exp.eval_batch_size)
     k_all = self.settings.members
-    bar = tqdm(total=2 * k_all, desc=f"{method.name}: unlearning {2 * k_all} models",
-               disable=None if self.progress else True, leave=False)
     t0 = time.time()
-    per: dict[str, list[dict[str, dict[str, np.ndarray]]]] = {"ulira": [], "original": []}
+    per: dict[str, list[dict[str, np.ndarray]]] = {}
     for population in ("ulira", "original"):
-      for k in range(k_all):
-        name = f"{population}_{k}"
-        path = os.path.join(st.outputs_dir, f"{name}.npz")
-        if not os.path.exists(path):
-          if population == "ulira":
-            forget = self.pool.examples.subset(self.pool.member_rows(k))
-            evals = {"pool": self.splits["pool"]}
-          else:
-            forget = self.splits["forget"]
-            evals = {s: self.splits[s] for s in ("forget", "retain", "test")}
-          result = driver.run_detailed(method.create(), trainer.member(states[population], k),
-                                       {"retain": self.splits["retain"], "forget": forget},
-                                       run_cfg)
-          self.train_s += result.wall_s
-          out = evaluate.predict_splits(result.state, evals, task=self.task,
-                                        batch_size=self.exp.eval_batch_size)
-          if parallel.is_primary():
-            checkpoints.save_outputs(st.outputs_dir, name, {
-                f"{s}_{key}": v for s, o in out.items() for key, v in o.items()
-                if key in ("logits", "loss")} | {"halted": np.bool_(result.halted),
-                                                 "wall_s": np.float64(result.wall_s)})
-          parallel.barrier(f"mu_jax.population:{st.rel}:{name}")
-        saved = checkpoints.load_outputs(st.outputs_dir, name)
-        per[population].append(saved)
-        bar.update(1)
-    bar.close()
-    stack = {p: {key: np.stack([m[key] for m in per[p]]) for key in per[p][0]
-                 if key not in ("halted", "wall_s")} for p in per}
+      names = [f"{population}_{k}" for k in range(k_all)]
+      todo = [k for k, n in enumerate(names)
+              if not os.path.exists(os.path.join(st.outputs_dir, f"{n}.npz"))]
+      if todo:
+        self._unlearn_members(method, population, states[population], todo, run_cfg,
+                              st.outputs_dir)
+        parallel.barrier(f"mu_jax.population:{st.rel}:{population}")
+      per[population] = [checkpoints.load_outputs(st.outputs_dir, n) for n in names]
+    stack = {p: {key: np.stack([m[key] for m in per[p]]) for key in per[p][0]} for p in per}
     columns = self.columns(ulira_logits=stack["ulira"]["pool_logits"],
                            forget_logits=stack["original"]["forget_logits"],
                            retain_logits=stack["original"]["retain_logits"],
                            test_logits=stack["original"]["test_logits"])
-    columns["population_unlearn_s"] = float(sum(float(m["wall_s"]) for p in per for m in per[p]))
-    columns["population_halted"] = int(sum(bool(m["halted"]) for p in per for m in per[p]))
+    columns["population_halted"] = int(sum(stack[p]["halted"].sum() for p in stack))
     st.finish({"method": method.name, "hparams": method.hparams, "columns": columns,
                "wall_s": time.time() - t0})
     return columns
+
+  def _unlearn_members(self, method: Method, population: str, states: Any, members: list[int],
+                       run_cfg: driver.RunConfig, outputs_dir: str) -> None:
+    """Unlearns ``members`` of a population, evaluates them and saves their outputs."""
+    retain = self.splits["retain"]
+    if population == "ulira":
+      data = [{"retain": retain, "forget": self.pool.examples.subset(self.pool.member_rows(k))}
+              for k in members]
+      evals = ("pool",)
+    else:
+      data = [{"retain": retain, "forget": self.splits["forget"]} for _ in members]
+      evals = ("forget", "retain", "test")
+    chosen = jax.tree.map(lambda x: x[np.asarray(members)], states)
+    self.log(f"{method.name:>24}: unlearning {len(members)} {population} models")
+    try:
+      result = driver.run_stacked(method.create(), chosen, data, run_cfg)
+      unlearned, halted = result.states, result.halted
+      self.train_s += result.wall_s
+    except driver.ShapeMismatch as e:
+      self.log(f"{method.name:>24}: {e}")
+      runs = []
+      for k, d in tqdm(list(zip(range(len(members)), data)), desc=f"{method.name} {population}",
+                       disable=None if self.progress else True, leave=False):
+        runs.append(driver.run_detailed(method.create(), trainer.member(chosen, k), d, run_cfg))
+        self.train_s += runs[-1].wall_s
+      unlearned = jax.tree.map(lambda *x: np.stack(x), *[r.state for r in runs])
+      halted = np.asarray([r.halted for r in runs])
+    outs = {split: trainer.evaluate_population(
+        self.exp.model, unlearned, self.splits[split], task=self.task,
+        batch_size=self.exp.eval_batch_size, member_shards=self.settings.member_shards,
+        convolution=self.settings.convolution) for split in evals}
+    if parallel.is_primary():
+      for i, k in enumerate(members):
+        checkpoints.save_outputs(outputs_dir, f"{population}_{k}", {
+            **{f"{split}_{key}": outs[split][key][i] for split in evals
+               for key in ("logits", "loss")}, "halted": np.bool_(halted[i])})
 
   # -- columns
   def _accuracy(self, logits: np.ndarray, split: str) -> np.ndarray:

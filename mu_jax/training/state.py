@@ -88,6 +88,9 @@ class TracedOptimizer(optax.GradientTransformationExtraArgs):
   def __eq__(self, other):
     return isinstance(other, TracedOptimizer) and self.update is other.update
 
+  def __ne__(self, other):  # tuple's own __ne__ would otherwise compare the init closures
+    return not self == other
+
   def __hash__(self):
     return hash(self.update)
 
