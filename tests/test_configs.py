@@ -35,3 +35,16 @@ def test_the_reference_settings_of_each_dataset_are_in_its_config():
   assert (ml.scrub.lr, ml.scrub.epochs) == (0.001, 2)
   binary = mucac.get_config("task=binary:Male").unlearn.hparams
   assert (binary.scrub.lr, binary.scrub.epochs, binary.finetune.bn_mode) == (1e-4, 1, "train")
+
+
+def test_the_mufac_population_variant_forgets_whole_persons_and_states_its_models():
+  import pytest
+
+  from mu_jax.pipelines import population
+  c = mufac.get_config("population").to_dict()
+  assert c["data"]["forget"]["mode"] == "identity"
+  assert c["train"] == mufac.get_config().to_dict()["train"]  # the full recipe
+  settings = population.Settings.from_config(c)
+  assert settings.members == 16 and "48 models" in mufac.__doc__
+  with pytest.raises(ValueError, match="protocol=identity"):
+    mufac.get_config("population,protocol=paper")

@@ -57,6 +57,15 @@ def test_bad_population_settings_are_refused_before_any_work(tmp_path, section, 
   assert not os.path.exists(tmp_path / "w")
 
 
+def test_a_person_cut_between_forget_and_retain_is_refused_before_any_work(tmp_path):
+  # The first 10 train rows of 4-image persons: the third person is cut in two.
+  c = helpers.tiny_config({"data.forget.mode": "paper", "data.forget.paper_rows": 10})
+  c["population"] = {"members": 8}
+  with pytest.raises(ValueError, match=r"1 have some \(\w+\): forget whole persons"):
+    benchmark.run_benchmark(c, str(tmp_path / "w"), ["finetune"], progress=False, log=lambda s: None)
+  assert not os.path.exists(tmp_path / "w")
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("pop"))
@@ -133,3 +142,26 @@ def test_a_killed_method_run_resumes_at_the_missing_member(finished, tmp_path):
   for r in again["rows"]:
     for key in COLUMNS:
       np.testing.assert_allclose(r[key], before[r["model"]][key], rtol=1e-6, err_msg=key)
+
+
+def test_members_whose_batches_differ_run_one_at_a_time(finished, tmp_path):
+  """A batch larger than every split: two U-LiRA members' whole-split forget batches differ in
+  shape, so SSD runs them one at a time, and its optimizers (built per run) do not get in
+  the way of evaluating them together."""
+  from mu_jax import experiment  # pylint: disable=import-outside-toplevel
+  from mu_jax.methods import driver  # pylint: disable=import-outside-toplevel
+  from mu_jax.methods import registry  # pylint: disable=import-outside-toplevel
+  wd, _, _ = finished
+  exp = experiment.Experiment.create(_config(), wd)
+  lines = []
+  runner = population.Runner(exp, population.Settings.from_config(exp.config), progress=False,
+                             log=lines.append)
+  sizes = [len(runner.pool.member_rows(k)) for k in range(MEMBERS)]
+  pair = [0, next(k for k in range(MEMBERS) if sizes[k] != sizes[0])]
+  [method] = registry.resolve("ssd")
+  cfg = driver.RunConfig(batch_size=256, seed=0, task=runner.task, log_splits=())
+  runner._unlearn_members(method, "ulira", runner.states("ulira"), pair, cfg, str(tmp_path))
+  assert any("run the members one at a time" in line for line in lines), lines
+  for k in pair:
+    out = checkpoints.load_outputs(str(tmp_path), f"ulira_{k}")
+    assert np.all(np.isfinite(out["pool_logits"]))

@@ -171,13 +171,14 @@ def _sklearn_reference(q, q_ids, g, g_ids):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_map_and_rank1_match_sklearn_with_ties_and_any_gallery_order(seed):
   rng = np.random.default_rng(seed)
-  # Small integer embeddings: many exactly equal similarities (duplicates and symmetric points),
-  # and dot products that float64 computes exactly in any summation order.
-  g = rng.integers(-2, 3, size=(60, 3)).astype(float)
-  g[np.all(g == 0, axis=1)] = 1.0
+  # Embeddings of norm 2 whose normalised entries are 0, ±0.5 or ±1: cosine similarities are
+  # exact in any summation order, with or without fused multiply-adds, so ties are real ties
+  # (duplicates and symmetric points) on every CPU.
+  pool = np.array([[a, b, c, d] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)
+                   for d in (-1, 1)] + list(2 * np.eye(4)) + list(-2 * np.eye(4)), float)
+  g = pool[rng.integers(0, len(pool), size=60)]
   g_ids = rng.integers(0, 6, size=60)
-  q = rng.integers(-2, 3, size=(25, 3)).astype(float)
-  q[np.all(q == 0, axis=1)] = 1.0
+  q = pool[rng.integers(0, len(pool), size=25)]
   q_ids = rng.integers(0, 7, size=25)  # identity 6 has no gallery image
   want_map, want_r1, n = _sklearn_reference(q, q_ids, g, g_ids)
   out = metrics.retrieval_metrics(q, q_ids, g, g_ids)

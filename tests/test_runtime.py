@@ -141,8 +141,11 @@ def test_too_late_when_xla_already_started():
 def test_kept_memory_removes_the_page_faults_of_repeated_steps():
   tuned = _run(_FAULTS, MU_JAX_KEEP_FREED_MEMORY="1")["faults"]
   plain = _run(_FAULTS)["faults"]
-  # 64 MB of fresh memory is ~16k 4 KiB pages; reused memory faults (almost) nothing.
-  assert plain > 10_000, plain
+  # 64 MB of fresh memory is ~16k 4 KiB pages; reused memory faults (almost) nothing. Where the
+  # kernel maps fresh memory in huge pages (2,560 faults, and 0, seen on one EPYC host with
+  # transparent huge pages "always"), there are no per-page faults left to remove.
+  if plain < 1_000:
+    pytest.skip(f"the plain run faulted {plain} times: this kernel maps fresh memory in large pages")
   assert tuned < plain / 10, (tuned, plain)
 
 

@@ -8,6 +8,14 @@ Run (after downloading custom_korean_family_dataset_resolution_128.zip and unzip
 Variants: ``protocol=paper`` (default; forget = the first 1,500 train rows, as the reference code,
 which shares the person F0046_D with retain: reported, not hidden) or ``protocol=identity`` (whole
 persons, 15% of train persons, seeded). ``runlocal``: 2 epochs at 32×32, small CNN (a smoke test).
+``population`` (for a GPU; implies ``protocol=identity``, as U-LiRA's pool persons must have no
+retain images): three populations of 16 ResNet-18s on the full recipe beside the single models,
+for identity-level U-LiRA and the NeurIPS 2023 forget score on every row (docs/metrics.md). It
+trains 48 models (16 U-LiRA shadows on retain plus half the forget and unseen persons, 16
+originals, 16 retrained), each 30 epochs over 8,000-10,000 images, about 48 times the original
+model's training, and runs 32 unlearning runs per method; it prints this plan with an estimate
+from the single models' times before the populations start. Its wall time has not been measured on
+any machine; on several GPUs, ``--config.population.member_shards`` splits the members over them.
 
 The recipe is the reference's (docs/datasets.md#training-recipes): ResNet-18 from scratch, SGD
 momentum 0.9, lr 0.01 ÷10 at epochs 10 and 20, 30 epochs, batch 64, the reference augmentation.
@@ -42,9 +50,12 @@ def get_config(arg: str | None = None):
   c.data.data_dir = ""
   c.data.image_size = 128
   c.data.task = "age"
-  protocol = args.get("protocol", "paper")
+  protocol = args.get("protocol", "identity" if "population" in args else "paper")
   if protocol not in ("paper", "identity"):
     raise ValueError(f"mufac protocol must be 'paper' or 'identity', got {protocol!r}")
+  if "population" in args and protocol != "identity":
+    raise ValueError("mufac population needs protocol=identity: U-LiRA's pool persons (forget and "
+                     "unseen) must have no retain images, and the paper protocol cuts one in two")
   c.data.forget = {"mode": protocol, "count": None, "fraction": 0.15 if protocol == "identity" else None,
                    "identities": (), "seed": 0, "paper_rows": 1500}
   if "runlocal" in args:
@@ -52,4 +63,7 @@ def get_config(arg: str | None = None):
     c.model.name = "small_cnn"
     c.model.width = 8
     c.train.epochs = 2
+  if "population" in args:
+    c.population = {"members": 16, "seed": 1000, "variance": "global", "example_level": False,
+                    "convolution": "auto", "member_shards": 1}
   return c

@@ -393,7 +393,11 @@ def run_detailed(unlearner: Unlearner, state: TrainState, data: Any,
                    time.time() - t0, seen)
 
 
-class ShapeMismatch(ValueError):
+class NotStackable(ValueError):
+  """Members that one :func:`run_stacked` program cannot run: run them with :func:`run_detailed`."""
+
+
+class ShapeMismatch(NotStackable):
   """Members of :func:`run_stacked` whose batches differ in shape: one program cannot run them."""
 
 
@@ -486,6 +490,8 @@ def run_stacked(unlearner: Unlearner | Sequence[Unlearner], states: TrainState,
   Raises:
     ShapeMismatch: members whose batches differ in shape (a split smaller than the batch in some
       members only), which one program cannot run (run them with :func:`run_detailed`).
+    NotStackable: a step JAX cannot vmap over the members (a batching rule it lacks); raised when
+      that phase compiles, possibly after earlier phases ran (the inputs are left unchanged).
     ValueError: unlearners whose phases or optimizers are not one computation.
   """
   if config.task is None:
@@ -558,7 +564,14 @@ def run_stacked(unlearner: Unlearner | Sequence[Unlearner], states: TrainState,
       args = (state, aux, batch, jax.random.fold_in(jax.random.fold_in(rng, 1 + k), i),
               info_at(k), halted, parallel.replicate(jnp.asarray(active)))
       if i == 0:
-        fn, seconds = _executable(fn, *args)
+        try:
+          fn, seconds = _executable(fn, *args)
+        except NotImplementedError as err:
+          # Seen with JAX 0.10: a grouped convolution of mu_jax's CPU plan under the member vmap
+          # inside UNSIR's class-noise loop, whose batching rule JAX does not implement.
+          raise NotStackable(f"{unlearner.name}: phase {phase.name!r} cannot be vmapped over the "
+                             f"members ({str(err) or type(err).__name__}); run the members one at a "
+                             f"time") from err
         compile_s += seconds
       state, aux, _, halted = fn(*args)
       for m in np.flatnonzero(active & ~stopped_before):

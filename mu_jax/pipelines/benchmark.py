@@ -80,9 +80,11 @@ def run_seed(config: dict[str, Any], workdir: str, methods: str | Sequence[str],
   """Trains, unlearns and evaluates one seed in ``workdir``; ``ledger`` records each stage's
   compile, training, evaluation and other seconds (a stage found finished trains 0 s)."""
   ledger = ledger or costs.Ledger()
-  population.Settings.from_config(config)  # a bad population section fails before any work
+  # A bad population section, or data it cannot use, fails before any work.
+  check = population.check_data if population.Settings.from_config(config) else None
   with ledger.stage("data + workdir"):
-    exp = engine.Experiment.create(config, workdir, methods=methods, overwrite=overwrite)
+    exp = engine.Experiment.create(config, workdir, methods=methods, overwrite=overwrite,
+                                   check=check)
   for stage in engine.TRAINED:
     with ledger.stage(stage) as cost:
       t = time.time()

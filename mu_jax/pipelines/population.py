@@ -23,8 +23,9 @@ Seeds: member k of the three populations has seed ``seed + k``, ``seed + members
 ``seed + 2·members + k``. Every population and every (method, populations) pair is a stage with an
 identity (:mod:`mu_jax.experiment`): a trained population resumes from its per-epoch checkpoints,
 and a method's population run keeps each member's outputs as it finishes them, so a killed run
-resumes at the next member. Training is stacked; each member's unlearning runs the method's one
-compiled step per step kind (:mod:`mu_jax.methods.driver`), member after member.
+resumes at the next member. Training is stacked; a method unlearns all members of a population as
+one vmapped program (:func:`mu_jax.methods.driver.run_stacked`), and member after member only
+where their batch shapes differ.
 """
 
 from __future__ import annotations
@@ -140,6 +141,26 @@ def make_pool(forget: Examples, unseen: Examples, members: int, seed: int) -> Po
   return Pool(examples, persons.astype(np.int64), [str(n) for n in names], included)
 
 
+def check_data(dataset: Any) -> None:
+  """Refuses data whose pool persons also have retain images (before any work).
+
+  U-LiRA's "never trained" members must never have seen a pool person, but every member trains on
+  all of retain: a person cut between forget and retain (MUFAC's ``protocol=paper``) would be half
+  trained by all of them.
+
+  Raises:
+    ValueError: naming the shared persons.
+  """
+  retain = set(dataset.split("retain").identities.astype(str).tolist())
+  pool = {str(i) for s in ("forget", "unseen") for i in dataset.split(s).identities}
+  shared = sorted(retain & pool)
+  if shared:
+    raise ValueError(
+        f"population U-LiRA needs forget and unseen persons with no retain images, but "
+        f"{len(shared)} have some ({', '.join(shared[:5])}{', ...' if len(shared) > 5 else ''}): "
+        f"forget whole persons (data.forget.mode='identity')")
+
+
 class Runner:
   """The populations of one experiment and the method runs over them."""
 
@@ -231,7 +252,8 @@ class Runner:
 
     The members of a population are unlearned as one stacked program
     (:func:`mu_jax.methods.driver.run_stacked`) and evaluated as one; where their batches cannot
-    share a shape (a member's forget set smaller than the batch) they run one after another. Each
+    share a shape (a member's forget set smaller than the batch) or JAX cannot vmap a step, they
+    run one after another. Each
     member's outputs are saved as soon as its population is done
     (``<stage>/outputs/<population>_<k>.npz``), so a killed run resumes with the population it
     had not finished; ``done.json`` holds the columns.
@@ -284,14 +306,18 @@ class Runner:
       result = driver.run_stacked(method.create(), chosen, data, run_cfg)
       unlearned, halted = result.states, result.halted
       self.train_s += result.wall_s
-    except driver.ShapeMismatch as e:
+    except driver.NotStackable as e:
       self.log(f"{method.name:>24}: {e}")
       runs = []
       for k, d in tqdm(list(zip(range(len(members)), data)), desc=f"{method.name} {population}",
                        disable=None if self.progress else True, leave=False):
         runs.append(driver.run_detailed(method.create(), trainer.member(chosen, k), d, run_cfg))
         self.train_s += runs[-1].wall_s
-      unlearned = jax.tree.map(lambda *x: np.stack(x), *[r.state for r in runs])
+      # Evaluation reads parameters and BatchNorm statistics only; the optimizers of separate runs
+      # (closures built per run) would not stack.
+      stack = lambda trees: jax.tree.map(lambda *x: np.stack(x), *trees)
+      unlearned = chosen.replace(params=stack([r.state.params for r in runs]),
+                                 batch_stats=stack([r.state.batch_stats for r in runs]))
       halted = np.asarray([r.halted for r in runs])
     outs = {split: trainer.evaluate_population(
         self.exp.model, unlearned, self.splits[split], task=self.task,
