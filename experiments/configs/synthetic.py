@@ -23,7 +23,9 @@ Variants (comma-separated after the colon):
                   identity-level U-LiRA (ulira_auc, ulira_acc, ulira_tpr_at_1pct_fpr), the NeurIPS
                   2023 forget score and final score (forget_score, neurips_score) beside ToW. It
                   trains 51 models and runs 32 unlearning runs per method; it prints the plan and
-                  an estimate before the populations start.
+                  an estimate before the populations start. Measured on a 2-core AMD EPYC (no
+                  AVX-512), empty compilation cache: 14 min 51 s wall for all 16 methods, peak
+                  RSS 3.0 GB; README.md shows the rows.
   mufac_size      MUFAC's scale and recipe on synthetic faces, for timing on an accelerator: 2,228
                   persons × 6 images at 128×128 (10,026 train images; MUFAC has 10,025), the full
                   ResNet-18, lr 0.01 ÷10 at epochs 10 and 20, 30 epochs, batch 64. Not measured
@@ -33,12 +35,12 @@ Default: 200 persons × 6 images at 32×32 (900 train images of 150 persons; 22 
 forgotten; 30 test and 20 unseen persons), ResNet-18 at width 16 with torchvision's stem, SGD
 momentum 0.9, lr 0.05 ÷10 at epochs 20 and 25, 30 epochs, batch 32. It prints the benchmark table
 (models as rows: accuracies, the reference attack, NoMUS, AUROC, KL to the retrained model, wall
-seconds; README.md shows one). Measured on a 2-core Intel Xeon (AVX-512), nothing else running:
-8 min 43 s wall for both models and all 16 methods, peak RSS 3.1 GB. That run printed test
-accuracy 0.411 and reference-attack accuracy 0.642 for the original (chance 0.125 and 0.5), 0.461
-and 0.562 for the retrained model; the attack accuracies move by several points with the order of
-operations of the code version (BUILD_NOTES.md, "Measured: the main
-job on the synthetic faces").
+seconds; README.md shows one). Measured on a 2-core AMD EPYC (no AVX-512), empty compilation
+cache: 11 min 21 s wall for both models and all 16 methods (447 s of it compiling), peak RSS 3.5
+GB. That run printed test accuracy 0.444 and reference-attack accuracy 0.717 for the original
+(chance 0.125 and 0.5), 0.383 and 0.567 for the retrained model; the attack accuracies move by
+several points with the machine and the order of operations of the code version (BUILD_NOTES.md,
+"Measured: the main job on the synthetic faces").
 """
 
 from experiments.configs import common

@@ -312,7 +312,8 @@ class Runner:
       for k, d in tqdm(list(zip(range(len(members)), data)), desc=f"{method.name} {population}",
                        disable=None if self.progress else True, leave=False):
         runs.append(driver.run_detailed(method.create(), trainer.member(chosen, k), d, run_cfg))
-        self.train_s += runs[-1].wall_s
+        # Its epochs' seconds: the call's wall time would count compilation as training too.
+        self.train_s += sum(row.get("epoch_s", 0.0) for row in runs[-1].history)
       # Evaluation reads parameters and BatchNorm statistics only; the optimizers of separate runs
       # (closures built per run) would not stack.
       stack = lambda trees: jax.tree.map(lambda *x: np.stack(x), *trees)
