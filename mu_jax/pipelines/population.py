@@ -22,10 +22,10 @@ original, retrained and every method row:
 Seeds: member k of the three populations has seed ``seed + k``, ``seed + members + k`` and
 ``seed + 2·members + k``. Every population and every (method, populations) pair is a stage with an
 identity (:mod:`mu_jax.experiment`): a trained population resumes from its per-epoch checkpoints,
-and a method's population run keeps each member's outputs as it finishes them, so a killed run
-resumes at the next member. Training is stacked; a method unlearns all members of a population as
-one vmapped program (:func:`mu_jax.methods.driver.run_stacked`), and member after member only
-where their batch shapes differ.
+and a method's population run keeps its members' outputs as each population finishes, so a killed
+run resumes at the population it had not finished. Training is stacked; a method unlearns all
+members of a population as one vmapped program (:func:`mu_jax.methods.driver.run_stacked`), and
+member after member only where their batch shapes differ or JAX cannot vmap a step.
 """
 
 from __future__ import annotations
@@ -253,8 +253,7 @@ class Runner:
     The members of a population are unlearned as one stacked program
     (:func:`mu_jax.methods.driver.run_stacked`) and evaluated as one; where their batches cannot
     share a shape (a member's forget set smaller than the batch) or JAX cannot vmap a step, they
-    run one after another. Each
-    member's outputs are saved as soon as its population is done
+    run one after another. Each member's outputs are saved as soon as its population is done
     (``<stage>/outputs/<population>_<k>.npz``), so a killed run resumes with the population it
     had not finished; ``done.json`` holds the columns.
     """
