@@ -32,7 +32,7 @@ allocation):
 ``MU_JAX_CPU_TUNING=0`` in the environment turns the first two off. Whether the flag could still be
 applied is recorded in :data:`EIGEN_CONVOLUTIONS`, which :mod:`mu_jax.ops.conv` reads to choose
 its lowering (the choice depends on which library runs XLA's convolutions).
-Measurements: ``benchmarks/train_step.py`` and BUILD_NOTES.md, "CPU settings on import".
+Measurements: ``benchmarks/train_step.py`` and BUILD_NOTES.md, "CPU settings".
 """
 
 from __future__ import annotations
@@ -143,8 +143,7 @@ def keep_freed_memory() -> bool:
   except OSError:
     return False
   # One arena: the heaps of per-thread arenas are trimmed on their own terms, so XLA's worker
-  # threads would still fault fresh pages in on every step (BUILD_NOTES.md, "CPU settings on
-  # import").
+  # threads would still fault fresh pages in on every step (BUILD_NOTES.md, "CPU settings").
   settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX))
   return all([libc.mallopt(param, value) == 1 for param, value in settings])
 

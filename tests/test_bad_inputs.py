@@ -4,8 +4,8 @@ Covers what the reader and method tests do not: config values out of range and d
 that cannot be served, through ``experiment.Experiment.create`` (what every experiment script calls
 first), on a new workdir (nothing may be created in it) and on an existing one (nothing may
 change); an unknown method name through ``experiments.benchmark``; a corrupt image in a MUFAC copy
-through ``experiments.inspect_data``. BUILD_NOTES.md ("Reliability: crashes, full disks, bad
-inputs") summarises the rest.
+through ``experiments.inspect_data``. BUILD_NOTES.md ("Reliability: processes, crashes, full
+disks, bad inputs") summarises the rest.
 """
 
 import hashlib
