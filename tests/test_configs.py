@@ -1,5 +1,7 @@
 """The experiment configs that carry a claim in their docstring."""
 
+import pytest
+
 from experiments.configs import mufac, synthetic
 from mu_jax.data import loader
 
@@ -38,8 +40,6 @@ def test_the_reference_settings_of_each_dataset_are_in_its_config():
 
 
 def test_the_mufac_population_variant_forgets_whole_persons_and_states_its_models():
-  import pytest
-
   from mu_jax.pipelines import population
   c = mufac.get_config("population").to_dict()
   assert c["data"]["forget"]["mode"] == "identity"

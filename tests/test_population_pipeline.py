@@ -146,8 +146,7 @@ def test_a_killed_method_run_resumes_at_the_missing_member(finished, tmp_path):
 
 def test_members_whose_batches_differ_run_one_at_a_time(finished, tmp_path):
   """A batch larger than every split: two U-LiRA members' whole-split forget batches differ in
-  shape, so SSD runs them one at a time, and its optimizers (built per run) do not get in
-  the way of evaluating them together."""
+  shape, so SSD runs them one at a time, and they are evaluated together."""
   from mu_jax import experiment  # pylint: disable=import-outside-toplevel
   from mu_jax.methods import driver  # pylint: disable=import-outside-toplevel
   from mu_jax.methods import registry  # pylint: disable=import-outside-toplevel

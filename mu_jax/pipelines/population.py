@@ -301,8 +301,9 @@ class Runner:
       evals = ("forget", "retain", "test")
     chosen = jax.tree.map(lambda x: x[np.asarray(members)], states)
     self.log(f"{method.name:>24}: unlearning {len(members)} {population} models")
+    unlearner = method.create()
     try:
-      result = driver.run_stacked(method.create(), chosen, data, run_cfg)
+      result = driver.run_stacked(unlearner, chosen, data, run_cfg)
       unlearned, halted = result.states, result.halted
       self.train_s += result.wall_s
     except driver.NotStackable as e:
@@ -310,11 +311,10 @@ class Runner:
       runs = []
       for k, d in tqdm(list(zip(range(len(members)), data)), desc=f"{method.name} {population}",
                        disable=None if self.progress else True, leave=False):
-        runs.append(driver.run_detailed(method.create(), trainer.member(chosen, k), d, run_cfg))
+        runs.append(driver.run_detailed(unlearner, trainer.member(chosen, k), d, run_cfg))
         # Its epochs' seconds: the call's wall time would count compilation as training too.
         self.train_s += sum(row.get("epoch_s", 0.0) for row in runs[-1].history)
-      # Evaluation reads parameters and BatchNorm statistics only; the optimizers of separate runs
-      # (closures built per run) would not stack.
+      # Evaluation reads parameters and BatchNorm statistics only.
       stack = lambda trees: jax.tree.map(lambda *x: np.stack(x), *trees)
       unlearned = chosen.replace(params=stack([r.state.params for r in runs]),
                                  batch_stats=stack([r.state.batch_stats for r in runs]))
