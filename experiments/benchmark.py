@@ -19,7 +19,8 @@ from mu_jax.pipelines import benchmark
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where models, outputs and results go.")
 _METHODS = flags.DEFINE_string("methods", "all", "'all', a comma-separated list, module:factory.")
-_SEEDS = flags.DEFINE_integer("seeds", 1, "Repeat with seeds config.seed .. config.seed+N-1.")
+_SEEDS = flags.DEFINE_integer("seeds", 1, "Run seeds config.seed .. config.seed+N-1 as populations; "
+                              "the table shows mean ± std.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Start a workdir made with another config again.")
 flags.mark_flags_as_required(["config", "workdir"])
 

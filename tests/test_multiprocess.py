@@ -1,10 +1,12 @@
-"""Two CPU processes under jax.distributed train to the same parameters as one process, and save
-and restore them through one orbax checkpoint; ``experiments.train --distributed`` on two
-processes, killed and resumed, ends where one process does."""
+"""The experiment scripts under jax.distributed: two CPU processes of two devices each end with the
+results of one process on four devices, saving and restoring through shared orbax checkpoints;
+``experiments.train --distributed`` on two processes, killed and resumed, ends where one process
+does."""
 
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mu_jax import audit, checkpoints, experiment
-from tests import fault_worker, multiprocess_common as common
+from tests import fault_worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,23 +49,6 @@ def _env(**extra):
   return env
 
 
-def test_two_processes_hold_the_parameters_of_one(tmp_path):
-  port = _free_port()
-  codes, logs = _launch_processes(lambda i: [
-      sys.executable, "-m", "tests.multiprocess_worker", str(i), "2", str(port),
-      str(tmp_path / f"p{i}.npz"), str(tmp_path / "ckpt")], _env())
-  assert codes == [0, 0], logs
-  # The reference: this process, 4 devices, the same global batches.
-  want = _flat(common.train_steps())
-  for i in range(2):
-    got = dict(np.load(tmp_path / f"p{i}.npz"))
-    assert got.keys() == want.keys()
-    for k in want:
-      np.testing.assert_allclose(got[k], want[k], rtol=2e-5, atol=2e-6, err_msg=f"process {i}: {k}")
-  # The two kept steps, no temporary or deleted step left behind.
-  assert sorted(os.listdir(tmp_path / "ckpt")) == sorted(["2", str(common.STEPS)])
-
-
 def _saved(directory):
   steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit())
   return steps, ocp.StandardCheckpointer().restore(os.path.join(directory, str(steps[-1]), "default"))
@@ -92,7 +77,10 @@ def test_experiments_train_on_two_processes_resumes_to_the_one_process_run(tmp_p
   stage = ref.trained_stage("original").dir.replace(str(tmp_path / "reference"), wd)
   ckpt = os.path.join(stage, "checkpoints")
   codes, logs = run(kill_after=2)
-  assert codes == [-9, -9], logs
+  # Each process SIGKILLs itself after the epoch-2 save; one that is still leaving the save when
+  # its peer (the coordination service's host, or its gloo partner) dies aborts instead (SIGABRT).
+  # Either way both passed the save's closing barrier: the rows and resume below check it.
+  assert all(c in (-signal.SIGKILL, -signal.SIGABRT) for c in codes) and -signal.SIGKILL in codes, logs
   assert not os.path.exists(os.path.join(stage, "done.json"))
   def rows(stage_dir):
     with open(os.path.join(stage_dir, "metrics.jsonl")) as f:

@@ -97,7 +97,10 @@ def model_row(name: str, outputs: Outputs, task: str, *, retrained: Outputs | No
 
 
 def aggregate_seeds(rows_per_seed: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
-  """Mean over seeds of every numeric key, plus ``<key>_std`` (population std, ddof=0)."""
+  """Mean over seeds of every numeric key, plus ``<key>_std`` (population std, ddof=0).
+
+  A row also keeps ``hparams``, the ``stage`` its seeds share, and ``halted`` when any seed halted.
+  """
   by_model: dict[str, list[Mapping[str, Any]]] = {}
   for rows in rows_per_seed:
     for r in rows:
@@ -107,6 +110,10 @@ def aggregate_seeds(rows_per_seed: Sequence[Sequence[Mapping[str, Any]]]) -> lis
     row: dict[str, Any] = {"model": model, "seeds": len(rs)}
     if "hparams" in rs[0]:
       row["hparams"] = rs[0]["hparams"]
+    if rs[0].get("stage") and all(r.get("stage") == rs[0]["stage"] for r in rs):
+      row["stage"] = rs[0]["stage"]
+    if any(r.get("halted") for r in rs):
+      row["halted"] = True
     for k in rs[0]:
       vals = [r.get(k) for r in rs]
       if k != "model" and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):

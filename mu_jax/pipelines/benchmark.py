@@ -1,10 +1,10 @@
 """The main job: original, retrained and every method on one config, evaluated and tabulated.
 
-For each seed: train (or resume) the original and retrained models, run each method from the
-original (its stage named by its hyperparameters, :mod:`mu_jax.experiment`), save per-example
-outputs, and compute one result row per model against the retrained model. With one seed
-everything lives in ``WORKDIR``; with ``seeds=N`` seed ``k`` lives in ``WORKDIR/seed_k`` (config
-seed + k) and ``WORKDIR/results`` holds mean ± std. SISA deployments found in the workdir
+Train (or resume) the original and retrained models, run each method from the original (its
+stage named by its hyperparameters, :mod:`mu_jax.experiment`), save per-example outputs, and
+compute one result row per model against the retrained model. With ``seeds=N`` the N seeds' models
+train and unlearn as populations and ``WORKDIR/results`` holds mean ± std
+(:mod:`mu_jax.pipelines.seeds`). SISA deployments found in the workdir
 (``WORKDIR/sisa/*/results.json``) join the table as ``sisa`` rows. A config with a ``population``
 section adds the population columns (U-LiRA, the NeurIPS 2023 forget score;
 :mod:`mu_jax.pipelines.population`) to the original, retrained and method rows.
@@ -12,7 +12,6 @@ section adds the population columns (U-LiRA, the NeurIPS 2023 forget score;
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from typing import Any, Callable, Sequence
@@ -21,7 +20,7 @@ from mu_jax import checkpoints, costs, parallel
 from mu_jax import experiment as engine
 from mu_jax.evaluation import columns, plots, report
 from mu_jax.methods.registry import Method
-from mu_jax.pipelines import population
+from mu_jax.pipelines import population, seeds as seeds_lib
 
 
 def evaluate_stages(exp: engine.Experiment, stages: Sequence[engine.Stage], *,
@@ -152,7 +151,8 @@ def run_benchmark(config: Any, workdir: str, methods: str | Sequence[str] | Sequ
     workdir: the run's directory.
     methods: 'all', a comma-separated list or a sequence of names; ``module:factory`` entries
       bring a user's own method.
-    seeds: repeat with seeds config.seed .. config.seed + seeds - 1.
+    seeds: N > 1 runs seeds config.seed .. config.seed + N - 1 as populations and reports
+      mean ± std (:mod:`mu_jax.pipelines.seeds`).
     overwrite: start a workdir made with another config again.
     progress: show training progress.
     log: where the per-stage lines go.
@@ -161,27 +161,23 @@ def run_benchmark(config: Any, workdir: str, methods: str | Sequence[str] | Sequ
     {"rows": [...], "paths": {...}, "table": markdown, "costs": per-stage seconds (also in
     ``results/costs.json``)}.
   """
-  if seeds < 1:
-    raise ValueError(f"--seeds must be >= 1, got {seeds}")
   cfg = engine.to_dict(config)
+  seeds_lib.check(cfg, seeds)
   ledger = costs.Ledger()
-  per_seed, first = [], None
-  for k in range(seeds):
-    cfg_k = copy.deepcopy(cfg)
-    cfg_k["seed"] = int(cfg.get("seed", 0)) + k
-    wd = workdir if seeds == 1 else os.path.join(workdir, f"seed_{k}")
-    if seeds > 1:
-      log(f"--- seed {cfg_k['seed']} ({wd})")
-    rows, outputs, exp = run_seed(cfg_k, wd, methods, overwrite=overwrite, progress=progress, log=log,
-                                  ledger=ledger)
-    per_seed.append(rows)
-    first = first or (outputs, exp)
-  rows = per_seed[0] if seeds == 1 else report.aggregate_seeds(per_seed)
-  outputs, exp = first
-  # With several seeds the plots show the first seed's models; the rows are means over seeds.
+  if seeds == 1:
+    rows, outputs, exp = run_seed(cfg, workdir, methods, overwrite=overwrite, progress=progress,
+                                  log=log, ledger=ledger)
+    stage_rows = rows
+  else:
+    with ledger.stage("data + workdir"):
+      exp = engine.Experiment.create(cfg, workdir, methods=methods, overwrite=overwrite)
+    per_seed, outputs = seeds_lib.run(exp, seeds, ledger=ledger, progress=progress, log=log)
+    rows = report.aggregate_seeds(per_seed) + sisa_rows(exp.path)
+    # The plots show the first seed's models; the rows are means over seeds.
+    stage_rows = per_seed[0]
   with ledger.stage("tables and plots"):
     out = write_tables(exp, os.path.join(workdir, "results"), rows, outputs,
-                       stage_rows=per_seed[0],
+                       stage_rows=stage_rows,
                        notes=f"seeds: {seeds}" + (" (mean ± std)" if seeds > 1 else ""))
   if parallel.is_primary():
     checkpoints.write_json(os.path.join(workdir, "results", "costs.json"), ledger.as_json())

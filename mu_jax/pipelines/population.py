@@ -301,24 +301,10 @@ class Runner:
       evals = ("forget", "retain", "test")
     chosen = jax.tree.map(lambda x: x[np.asarray(members)], states)
     self.log(f"{method.name:>24}: unlearning {len(members)} {population} models")
-    unlearner = method.create()
-    try:
-      result = driver.run_stacked(unlearner, chosen, data, run_cfg)
-      unlearned, halted = result.states, result.halted
-      self.train_s += result.wall_s
-    except driver.NotStackable as e:
-      self.log(f"{method.name:>24}: {e}")
-      runs = []
-      for k, d in tqdm(list(zip(range(len(members)), data)), desc=f"{method.name} {population}",
-                       disable=None if self.progress else True, leave=False):
-        runs.append(driver.run_detailed(unlearner, trainer.member(chosen, k), d, run_cfg))
-        # Its epochs' seconds: the call's wall time would count compilation as training too.
-        self.train_s += sum(row.get("epoch_s", 0.0) for row in runs[-1].history)
-      # Evaluation reads parameters and BatchNorm statistics only.
-      stack = lambda trees: jax.tree.map(lambda *x: np.stack(x), *trees)
-      unlearned = chosen.replace(params=stack([r.state.params for r in runs]),
-                                 batch_stats=stack([r.state.batch_stats for r in runs]))
-      halted = np.asarray([r.halted for r in runs])
+    result = unlearn_members(method, chosen, data, run_cfg, label=f"{method.name} {population}",
+                             progress=self.progress, log=self.log)
+    unlearned, halted = result.states, result.halted
+    self.train_s += result.wall_s
     outs = {split: trainer.evaluate_population(
         self.exp.model, unlearned, self.splits[split], task=self.task,
         batch_size=self.exp.eval_batch_size, member_shards=self.settings.member_shards,
@@ -410,6 +396,40 @@ class Runner:
             f"models, at most ~{len(pending) * k * train_s / 60:.1f} min unstacked), "
             f"{len(todo)} methods × {2 * k} unlearning runs (~{unlearn_s / 60:.1f} min of "
             f"unlearning steps, from each method's single run)")
+
+
+def unlearn_members(method: Method, states: Any, data: Sequence[Mapping[str, Examples]],
+                    run_cfg: driver.RunConfig, *, label: str, progress: bool = True,
+                    log: Callable[[str], None] = print) -> driver.StackedResult:
+  """Unlearns stacked ``states`` with ``method``, member k on ``data[k]``.
+
+  One vmapped program (:func:`mu_jax.methods.driver.run_stacked`); member after member
+  (:func:`mu_jax.methods.driver.run_detailed`) where the members' batches cannot share a shape or
+  JAX cannot vmap a step.
+
+  Returns:
+    The stacked result; after the member-by-member fallback its states hold the unlearned
+    parameters and BatchNorm statistics (what evaluation reads), its ``wall_s`` the runs' epoch
+    seconds (compilation excluded) and its ``compile_s`` the rest of their wall time.
+  """
+  unlearner = method.create()
+  try:
+    return driver.run_stacked(unlearner, states, data, run_cfg)
+  except driver.NotStackable as e:
+    log(f"{method.name:>24}: {e}")
+  runs = [driver.run_detailed(unlearner, trainer.member(states, k), d, run_cfg)
+          for k, d in tqdm(list(enumerate(data)), desc=label, leave=False,
+                           disable=None if progress else True)]
+  stack = lambda trees: jax.tree.map(lambda *x: np.stack(x), *trees)
+  # The epochs' seconds: a call's wall time also counts its compilation.
+  train_s = sum(row.get("epoch_s", 0.0) for r in runs for row in r.history)
+  return driver.StackedResult(
+      states.replace(params=stack([r.state.params for r in runs]),
+                     batch_stats=stack([r.state.batch_stats for r in runs])),
+      aux=None, halted=np.asarray([r.halted for r in runs]),
+      steps=np.asarray([sum(row.get("steps", 0) for row in r.history) for r in runs]),
+      examples=np.asarray([r.examples for r in runs]), wall_s=train_s,
+      compile_s=sum(r.wall_s for r in runs) - train_s)
 
 
 def add_columns(exp: engine.Experiment, rows: list[dict[str, Any]], methods: Sequence[Method], *,

@@ -489,7 +489,8 @@ def train_population(model, train: Examples, cfg: TrainConfig, *, task: str, see
     row = {"epoch": epoch + 1, "steps": [int(n) for n in n_act],
            "train_loss": ((loss * acts).sum(0) / n_act).tolist(),
            "train_accuracy": ((acc * acts).sum(0) / n_act).tolist(),
-           "epoch_s": round(time.time() - t_epoch, 3), "examples": sum(epoch_examples)}
+           "epoch_s": round(time.time() - t_epoch, 3), "examples": sum(epoch_examples),
+           "member_examples": epoch_examples}
     if epoch == start_epoch:
       row["compile_s"] = round(compile_s, 3)
     for name, ex in (eval_sets or {}).items():
