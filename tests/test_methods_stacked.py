@@ -110,3 +110,16 @@ def test_a_step_jax_cannot_vmap_is_refused_as_not_stackable(setup):
   with pytest.raises(driver.NotStackable, match="cannot be vmapped over the members"):
     driver.run_stacked(unlearner, states, data, cfg)
   driver.run_detailed(unlearner, jax.tree.map(lambda x: x[0], states), data[0], cfg)  # it runs
+
+
+def test_members_split_over_a_two_by_two_mesh_equal_one_group(setup):
+  """member_shards=2 on 4 devices (2 groups of 2) gives the models of one group of 4; 3 members
+  fill 2 groups with an idle lane that never steps."""
+  _, states, data = setup
+  cfg = driver.RunConfig(batch_size=BATCH, seed=3, task="multiclass", log_splits=())
+  one = driver.run_stacked(methods.create("scrub", epochs=1), states, data, cfg)
+  two = driver.run_stacked(methods.create("scrub", epochs=1), states, data, cfg, member_shards=2)
+  assert _max_diff(two.states.params, one.states.params) < ATOL
+  assert _max_diff(two.states.batch_stats, one.states.batch_stats) < ATOL
+  assert two.steps.tolist() == one.steps.tolist() and two.examples.tolist() == one.examples.tolist()
+  assert jax.tree.leaves(two.states.params)[0].shape[0] == 3

@@ -30,7 +30,7 @@ from mu_jax.data import pipeline
 from mu_jax.data.splits import Examples, FaceDataset
 from mu_jax.methods.base import Spec, Unlearner
 from mu_jax.training import evaluate
-from mu_jax.training.population import place
+from mu_jax.training.population import MEMBER_BATCH_SPEC, MEMBER_SPEC, place
 from mu_jax.training.state import TrainState
 
 
@@ -426,8 +426,9 @@ class StackedResult:
 
 
 @functools.lru_cache(maxsize=256)
-def _compile_stacked(step, augment: bool):
-  """``guarded(step)`` vmapped over members, data-parallel over the batch axis of each member.
+def _compile_stacked(step, augment: bool, mesh: jax.sharding.Mesh):
+  """``guarded(step)`` vmapped over members on a member mesh (:func:`mu_jax.parallel.member_mesh`):
+  the members split over its member axis, each member's batch over its data axis.
 
   Arguments: states, aux, batches [K, B, ...], rng (shared), info (per member), halted [K] and
   active [K]; an inactive member (its epoch has no batch left) keeps its state.
@@ -440,18 +441,22 @@ def _compile_stacked(step, augment: bool):
     return (keep(new_state, state), keep(new_aux, aux), metrics,
             jnp.where(active, new_halted, halted))
 
-  R, M = parallel.REPLICATED, jax.sharding.PartitionSpec(None, parallel.AXIS)
+  M, B, R = MEMBER_SPEC, MEMBER_BATCH_SPEC, jax.sharding.PartitionSpec()
   stacked = jax.vmap(member, in_axes=(0, 0, 0, None, 0, 0, 0))
-  return parallel.data_parallel(stacked, in_specs=(R, R, M, R, R, R, R), out_specs=(R, R, R, R))
+  # check_vma=False: the steps use plain lax.pmean over the data axis (as parallel.data_parallel).
+  return jax.jit(jax.shard_map(stacked, mesh=mesh, in_specs=(M, M, B, R, M, M, M),
+                               out_specs=(M, M, M, M), check_vma=False))
 
 
 @functools.lru_cache(maxsize=256)
-def _compile_stacked_after(after):
+def _compile_stacked_after(after, mesh: jax.sharding.Mesh):
   def member(state, aux, info, skip):
     new_state, new_aux = after(state, aux, info)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(skip, o, n), new, old)
     return keep(new_state, state), keep(new_aux, aux)
-  return jax.jit(jax.vmap(member))
+  # The results go back where the stacked step expects them: members over the member axis.
+  on_members = jax.sharding.NamedSharding(mesh, MEMBER_SPEC)
+  return jax.jit(jax.vmap(member), out_shardings=(on_members, on_members))
 
 
 def _batch_shape(item: Any) -> tuple[int, ...]:
@@ -466,7 +471,8 @@ def _stack(trees: list[Any]) -> Any:
 
 
 def run_stacked(unlearner: Unlearner | Sequence[Unlearner], states: TrainState,
-                data: Sequence[Mapping[str, Examples]], config: RunConfig) -> StackedResult:
+                data: Sequence[Mapping[str, Examples]], config: RunConfig, *,
+                member_shards: int = 1) -> StackedResult:
   """Runs ``unlearner`` on K members at once: one compiled program per step kind for all of them.
 
   Member k runs exactly what :func:`run_detailed` would run from ``states[k]`` on ``data[k]``
@@ -483,6 +489,9 @@ def run_stacked(unlearner: Unlearner | Sequence[Unlearner], states: TrainState,
     data: per member a mapping with ``retain`` and ``forget`` Examples.
     config: batch size, seed and task as for :func:`run_detailed` (``log_splits`` and
       ``checkpoint_dir`` are not used).
+    member_shards: groups of devices the members are split over
+      (:func:`mu_jax.parallel.member_mesh`); each member's batch is split over the devices of its
+      group, so the batch size must be a multiple of that group's size.
 
   Returns:
     A :class:`StackedResult`.
@@ -504,8 +513,14 @@ def run_stacked(unlearner: Unlearner | Sequence[Unlearner], states: TrainState,
     raise ValueError(f"{len(unlearners)} unlearners for {k_all} members")
   unlearner = unlearners[0]
   unlearner.check_task(config.task)
+  mesh = parallel.member_mesh(member_shards)
   host = jax.tree.map(np.asarray, states)
   members = [jax.tree.map(lambda x: x[k], host) for k in range(k_all)]
+  # Lanes beyond the K members (so the member axis divides evenly) copy member 0 and never step.
+  pad = -k_all % member_shards
+  unlearners, members, data = (unlearners + unlearners[:1] * pad, members + members[:1] * pad,
+                               list(data) + list(data[:1]) * pad)
+  real = np.arange(k_all + pad) < k_all
   rng = jax.random.key(config.seed)
   spec = spec_for(members[0], data[0], config.task)
   phases = list(unlearner.phases(spec))
@@ -524,9 +539,9 @@ def run_stacked(unlearner: Unlearner | Sequence[Unlearner], states: TrainState,
     inits.append(jax.tree.map(np.asarray, u.init(st, jax.random.fold_in(rng, 0), spec)))
   state, aux = _stack([s for s, _ in inits]), _stack([a for _, a in inits])
   epochs = [(p, e) for p in phases for e in range(p.epochs)]
-  n_dev = parallel.num_devices()
+  n_data = mesh.shape[parallel.AXIS]
   plans = [[_stream_plan(p.stream, {"retain": len(d["retain"]), "forget": len(d["forget"])},
-                         config.batch_size, config.seed, k, n_dev, p.max_steps, p.partial, e)
+                         config.batch_size, config.seed, k, n_data, p.max_steps, p.partial, e)
             for k, (p, e) in enumerate(epochs)] for d in data]
   totals = [max(sum(len(plan) for plan in member_plans), 1) for member_plans in plans]
   for k, (phase, _) in enumerate(epochs):
@@ -536,33 +551,33 @@ def run_stacked(unlearner: Unlearner | Sequence[Unlearner], states: TrainState,
                           f"of {len(shapes)} shapes {sorted(shapes)[:3]} (a split smaller than the "
                           "batch in some members only); run the members one at a time")
   hp = [u.traced for u in unlearners]
-  done = np.zeros(k_all, np.int64)
-  examples = np.zeros(k_all, np.int64)
+  lanes = len(members)
+  done = np.zeros(lanes, np.int64)
+  examples = np.zeros(lanes, np.int64)
+  on_members = lambda tree: place(tree, mesh, MEMBER_SPEC)  # noqa: E731
 
   def info_at(k: int) -> dict[str, Any]:
-    return {"progress": jnp.asarray(done / np.asarray(totals), jnp.float32),
-            "epoch": jnp.full((k_all,), k, jnp.int32),
-            "hp": {n: jnp.asarray([h[n] for h in hp], jnp.float32) for n in hp[0]}}
+    return on_members({"progress": (done / np.asarray(totals)).astype(np.float32),
+                       "epoch": np.full((lanes,), k, np.int32),
+                       "hp": {n: np.asarray([h[n] for h in hp], np.float32) for n in hp[0]}})
 
-  mesh = parallel.mesh()
-  member_batch = jax.sharding.PartitionSpec(None, parallel.AXIS)
-  state, aux = parallel.replicate((state, aux))
-  halted = parallel.replicate(jnp.zeros(k_all, bool))
-  stopped_before = np.zeros(k_all, bool)
+  state, aux = on_members((state, aux))
+  halted = on_members(np.zeros(lanes, bool))
+  stopped_before = np.zeros(lanes, bool)
   t0, compile_s = time.time(), 0.0
   for k, (phase, e) in enumerate(epochs):
     batches = [_materialize(member_plans[k], d, phase.stream)
                for member_plans, d in zip(plans, data)]
     n_steps = max(len(b) for b in batches)
-    fn = _compile_stacked(phase.step, phase.augment)
+    fn = _compile_stacked(phase.step, phase.augment, mesh)
     for i in range(n_steps):
-      active = np.array([i < len(b) for b in batches])
+      active = np.array([i < len(b) for b in batches]) & real
       step_batches = [b[min(i, len(b) - 1)] if b else None for b in batches]
       filler = next(b for b in step_batches if b is not None)
       batch = place(_stack([b if b is not None else filler for b in step_batches]), mesh,
-                    member_batch)
+                    MEMBER_BATCH_SPEC)
       args = (state, aux, batch, jax.random.fold_in(jax.random.fold_in(rng, 1 + k), i),
-              info_at(k), halted, parallel.replicate(jnp.asarray(active)))
+              info_at(k), halted, on_members(active))
       if i == 0:
         try:
           fn, seconds = _executable(fn, *args)
@@ -579,10 +594,11 @@ def run_stacked(unlearner: Unlearner | Sequence[Unlearner], states: TrainState,
       done += active
     if phase.after is not None and e == phase.epochs - 1:
       # A member that had stopped before this epoch skips it, as run_detailed stops its loop.
-      state, aux = _compile_stacked_after(phase.after)(state, aux, info_at(k), stopped_before)
+      state, aux = _compile_stacked_after(phase.after, mesh)(state, aux, info_at(k),
+                                                             stopped_before | ~real)
     stopped_before = np.asarray(parallel.to_host(halted))
-  return StackedResult(parallel.to_host(state), parallel.to_host(aux),
-                       np.asarray(parallel.to_host(halted)), done, examples,
+  first = lambda tree: jax.tree.map(lambda x: np.asarray(x)[:k_all], parallel.to_host(tree))  # noqa: E731
+  return StackedResult(first(state), first(aux), first(halted), done[:k_all], examples[:k_all],
                        time.time() - t0 - compile_s, compile_s)
 
 

@@ -302,7 +302,8 @@ class Runner:
     chosen = jax.tree.map(lambda x: x[np.asarray(members)], states)
     self.log(f"{method.name:>24}: unlearning {len(members)} {population} models")
     result = unlearn_members(method, chosen, data, run_cfg, label=f"{method.name} {population}",
-                             progress=self.progress, log=self.log)
+                             member_shards=self.settings.member_shards, progress=self.progress,
+                             log=self.log)
     unlearned, halted = result.states, result.halted
     self.train_s += result.wall_s
     outs = {split: trainer.evaluate_population(
@@ -398,26 +399,29 @@ class Runner:
             f"unlearning steps, from each method's single run)")
 
 
-def unlearn_members(method: Method, states: Any, data: Sequence[Mapping[str, Examples]],
-                    run_cfg: driver.RunConfig, *, label: str, progress: bool = True,
-                    log: Callable[[str], None] = print) -> driver.StackedResult:
-  """Unlearns stacked ``states`` with ``method``, member k on ``data[k]``.
+def unlearn_members(method: Method | Sequence[Method], states: Any,
+                    data: Sequence[Mapping[str, Examples]],
+                    run_cfg: driver.RunConfig, *, label: str, member_shards: int = 1,
+                    progress: bool = True, log: Callable[[str], None] = print
+                    ) -> driver.StackedResult:
+  """Unlearns stacked ``states`` with ``method`` (or ``method[k]``), member k on ``data[k]``.
 
   One vmapped program (:func:`mu_jax.methods.driver.run_stacked`); member after member
   (:func:`mu_jax.methods.driver.run_detailed`) where the members' batches cannot share a shape or
-  JAX cannot vmap a step.
+  JAX cannot vmap a step. ``member_shards`` splits the stacked members over groups of devices.
 
   Returns:
     The stacked result; after the member-by-member fallback its states hold the unlearned
     parameters and BatchNorm statistics (what evaluation reads), its ``wall_s`` the runs' epoch
     seconds (compilation excluded) and its ``compile_s`` the rest of their wall time.
   """
-  unlearner = method.create()
+  unlearners = ([method.create()] * len(data) if isinstance(method, Method)
+                else [m.create() for m in method])
   try:
-    return driver.run_stacked(unlearner, states, data, run_cfg)
+    return driver.run_stacked(unlearners, states, data, run_cfg, member_shards=member_shards)
   except driver.NotStackable as e:
-    log(f"{method.name:>24}: {e}")
-  runs = [driver.run_detailed(unlearner, trainer.member(states, k), d, run_cfg)
+    log(f"{unlearners[0].name:>24}: {e}")
+  runs = [driver.run_detailed(unlearners[k], trainer.member(states, k), d, run_cfg)
           for k, d in tqdm(list(enumerate(data)), desc=label, leave=False,
                            disable=None if progress else True)]
   stack = lambda trees: jax.tree.map(lambda *x: np.stack(x), *trees)

@@ -26,8 +26,6 @@ from mu_jax.sisa.train import (
     ShardTrainer,
     SlicePlan,
     TrainReport,
-    compiled_stacked_step,
-    stacked_train_step,
 )
 from mu_jax.sisa.unlearn import (
     Request,
@@ -55,7 +53,6 @@ __all__ = [
     "aggregate_probs",
     "applied_requests",
     "avg_epochs_per_slice",
-    "compiled_stacked_step",
     "ensure_trained",
     "epoch_schedule",
     "expected_cost",
@@ -71,6 +68,5 @@ __all__ = [
     "shard_logits",
     "slice_epochs",
     "slice_key",
-    "stacked_train_step",
     "unlearn_request",
 ]

@@ -27,13 +27,14 @@ The optimizer state is part of each slice checkpoint, so momentum carries over b
 Two modes give the same models:
 
 * ``sequential``: one shard at a time, through the data-parallel step that ``fit`` uses.
-* ``stacked``: the S train states are stacked along a leading axis and one compiled step runs
-  ``jax.vmap`` of the per-device step over them inside ``shard_map`` (BatchNorm's ``pmean`` over the
-  data axis then reduces each model's statistics separately). Shards of unequal size are handled by
-  masking: every lane runs the longest shard's step count, and a lane whose shard has no batch left
-  keeps its state unchanged (``jnp.where`` on the whole state), so its model is the same as if it
-  had stopped. Lanes must share a batch size, so slices whose batch sizes differ (tiny shards only)
-  run in separate stacked calls.
+* ``stacked``: the S train states are stacked along a leading axis and trained by the population
+  trainer's step (:func:`mu_jax.training.population.compiled_train_step`: ``jax.vmap`` of the
+  per-device step inside ``shard_map``, BatchNorm's ``pmean`` reducing each model's statistics
+  separately), one member group over all devices, every lane at the recipe's learning rate.
+  Shards of unequal size are handled by masking: every lane runs the longest shard's step count,
+  and a lane whose shard has no batch left keeps its state unchanged, so its model is the same as
+  if it had stopped. Lanes must share a batch size, so slices whose batch sizes differ (tiny
+  shards only) run in separate stacked calls.
 
 The two modes agree to float32 rounding, not bit for bit: XLA computes a vmapped convolution as a
 grouped convolution, whose summation order differs from the plain one and, measured on XLA:CPU,
@@ -69,7 +70,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mu_jax import checkpoints, parallel
 from mu_jax.data import pipeline
@@ -77,48 +77,12 @@ from mu_jax.data.splits import Examples
 from mu_jax.sisa import partition as partition_lib
 from mu_jax.training import fit as fitlib
 from mu_jax.training import steps
-from mu_jax.training.state import TrainState, create_state, sgd
+from mu_jax.training import population
+from mu_jax.training.state import TrainState, create_state, traced_optimizer
 
 MODES = ("auto", "stacked", "sequential")
-# A stacked batch [lanes, batch, ...]: every device holds all lanes and its part of each batch.
-LANE_SHARDED = P(None, parallel.AXIS)
 # Fraction of accelerator memory the stacked step may use before "auto" falls back to sequential.
 _MEMORY_FRACTION = 0.8
-
-
-def stacked_train_step(states: TrainState, batch: steps.Batch, base_keys: jax.Array,
-                       active: jax.Array, *, task: str, augment: bool
-                       ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SGD step of every lane (per device; vmapped :func:`mu_jax.training.steps.train_step`).
-
-  Args:
-    states: train states stacked along a leading lane axis.
-    batch: this device's part of each lane's batch, ``image`` [lanes, b, H, W, 3] and ``label``.
-    base_keys: [lanes] the per-shard step keys; step t uses ``fold_in(key, t)`` with t the lane's
-      own ``state.step``, the same key the sequential loop derives on the host.
-    active: [lanes] bool; an inactive lane returns its state unchanged.
-    task: "multiclass" or "multilabel".
-    augment: apply the reference augmentation.
-
-  Returns:
-    The new stacked states and per-lane metrics (``loss``, ``accuracy``), averaged over devices.
-  """
-
-  def one(state, b, key, act):
-    new, metrics = steps.train_step(state, b, jax.random.fold_in(key, state.step), task=task,
-                                    augment=augment)
-    return jax.tree.map(lambda n, o: jnp.where(act, n, o), new, state), metrics
-
-  return jax.vmap(one)(states, batch, base_keys, active)
-
-
-@functools.lru_cache(maxsize=None)
-def compiled_stacked_step(task: str, augment: bool):
-  """The data-parallel stacked step (states donated)."""
-  return parallel.data_parallel(
-      functools.partial(stacked_train_step, task=task, augment=augment),
-      in_specs=(parallel.REPLICATED, LANE_SHARDED, parallel.REPLICATED, parallel.REPLICATED),
-      out_specs=(parallel.REPLICATED, parallel.REPLICATED), donate_argnums=(0,))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -132,13 +96,6 @@ def _canonical_model(model):
   # Equal flax modules (compared by value) map to one object: ``apply_fn``, a method bound to it, is
   # a static field of TrainState, and bound methods compare their module by identity.
   return model
-
-
-@functools.lru_cache(maxsize=None)
-def _optimizer(lr: float, momentum: float, weight_decay: float):
-  # One optimizer object per recipe: it is a static field of TrainState, so two trainers with equal
-  # recipes (a model and its from-scratch retrain) share compiled steps only if they share it.
-  return sgd(lr, momentum, weight_decay)
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -160,15 +117,6 @@ def stack(trees: Sequence[Any]) -> Any:
 
 def unstack(tree: Any, n: int) -> list[Any]:
   return [jax.tree.map(lambda x: x[i], tree) for i in range(n)]
-
-
-def _shard_lanes(batch: dict[str, np.ndarray]) -> Any:
-  """Splits a stacked host batch [lanes, b, ...] over the devices along its batch axis."""
-  sharding = NamedSharding(parallel.mesh(), LANE_SHARDED)
-  if jax.process_count() > 1:
-    part = parallel.process_slice(batch["label"].shape[1])
-    return {k: jax.make_array_from_process_local_data(sharding, v[:, part]) for k, v in batch.items()}
-  return jax.device_put(batch, sharding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,7 +229,11 @@ class ShardTrainer:
     if missing:
       raise ValueError(f"the partition names examples that are not given: {missing[:5]}")
     self._image_shape = tuple(examples.images.shape[1:])
-    self._tx = _optimizer(cfg.lr, cfg.momentum, cfg.weight_decay)
+    # torch's SGD with its values in the optimizer state: the population trainer's stacked step
+    # writes each lane's learning rate there (every lane here takes the recipe's fixed lr).
+    self._tx = traced_optimizer("sgd", learning_rate=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    self._mesh = parallel.member_mesh(1)
     self._template = jax.tree.map(np.asarray, self._fresh_state(0))
     settings = self._read_settings()
     if lanes is None:
@@ -311,6 +263,7 @@ class ShardTrainer:
             "num_slices": self.partition.num_slices, "by": self.partition.by,
             "seed": self.seed, "task": self.task, "mode": self.mode, "lanes": self.lanes,
             "devices": self.num_devices, "image_shape": list(self._image_shape),
+            "optimizer": "sgd, values in the state",
             "train": {k: v for k, v in dataclasses.asdict(self.cfg).items()
                       if k not in ("lr_boundaries", "lr_decay", "eval_batch_size")},
             "model": type(self.model).__name__ + repr(sorted(
@@ -346,7 +299,7 @@ class ShardTrainer:
     batch = self.cfg.batch_size - self.cfg.batch_size % self.num_devices or self.num_devices
     args = self._stacked_args([self._template] * self.lanes, [np.zeros(batch, np.int64)] * self.lanes,
                               [self.examples] * self.lanes, [0] * self.lanes, [True] * self.lanes)
-    mem = compiled_stacked_step(self.task, self.cfg.augment).lower(*args).compile().memory_analysis()
+    mem = self._stacked_step().lower(*args).compile().memory_analysis()
     need = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
             - mem.alias_size_in_bytes)
     logging.info("stacked SISA step of %d lanes needs %.2f GiB per device", self.lanes, need / 2**30)
@@ -499,7 +452,7 @@ class ShardTrainer:
             parallel.replicate(self._template),
             parallel.shard(pipeline.host_batch(self.examples, index)), jax.random.key(0))
       else:
-        out = compiled_stacked_step(self.task, self.cfg.augment)(*self._stacked_args(
+        out = self._stacked_step()(*self._stacked_args(
             [self._template] * self.lanes, [index] * self.lanes, [self.examples] * self.lanes,
             [0] * self.lanes, [False] * self.lanes))
       jax.block_until_ready(out)
@@ -602,12 +555,26 @@ class ShardTrainer:
         "train_loss": float(np.mean([m["loss"] for m in history])),
         "train_accuracy": float(np.mean([m["accuracy"] for m in history]))}
 
+  def _stacked_step(self):
+    """The population trainer's stacked step over one member group of all devices (states
+    donated)."""
+    return population.compiled_train_step(self.task, self.cfg.augment, "installed", self._mesh)
+
+  def _lane_values(self, shards: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+    """Each lane's step key (as key data) and learning rate, on the devices."""
+    keys = np.stack([np.asarray(jax.random.key_data(jax.random.fold_in(self._shard_key(s), 1)))
+                     for s in shards])
+    lrs = np.full(len(shards), self.cfg.lr, np.float32)
+    return (population.place(keys, self._mesh, population.MEMBER_SPEC),
+            population.place(lrs, self._mesh, population.MEMBER_SPEC))
+
   def _stacked_args(self, states, index, datas, shards, active):
     """Device arguments of one stacked step; lane j takes ``datas[j]``'s rows ``index[j]``."""
     batch = stack([pipeline.host_batch(d, i) for d, i in zip(datas, index)])
-    keys = jnp.stack([jax.random.fold_in(self._shard_key(s), 1) for s in shards])
-    return (parallel.replicate(stack(states)), _shard_lanes(batch), parallel.replicate(keys),
-            parallel.replicate(np.asarray(active)))
+    return (population.place(stack(states), self._mesh, population.MEMBER_SPEC),
+            population.place(batch, self._mesh, population.MEMBER_BATCH_SPEC),
+            *self._lane_values(shards),
+            population.place(np.asarray(active), self._mesh, population.MEMBER_SPEC))
 
   def _run_stacked(self, group: list[SlicePlan], states: list[TrainState]
                    ) -> list[tuple[TrainState, dict[str, float]]]:
@@ -619,10 +586,9 @@ class ShardTrainer:
     plans = [group[j] for j in src]
     datas = [self._data(p) for p in group]
     datas = [datas[j] for j in src]
-    step_fn = compiled_stacked_step(self.task, self.cfg.augment)
-    keys = parallel.replicate(jnp.stack([jax.random.fold_in(self._shard_key(p.shard), 1)
-                                         for p in plans]))
-    st = parallel.replicate(stack([states[j] for j in src]))
+    step_fn = self._stacked_step()
+    keys, lrs = self._lane_values([p.shard for p in plans])
+    st = population.place(stack([states[j] for j in src]), self._mesh, population.MEMBER_SPEC)
     masks: dict[tuple[bool, ...], jax.Array] = {}
     history = []
     for epoch in range(group[0].epochs):
@@ -630,10 +596,11 @@ class ShardTrainer:
       for i in range(max(len(o) for o in orders)):
         act = tuple(used[lane] and i < len(orders[lane]) for lane in range(self.lanes))
         if act not in masks:
-          masks[act] = parallel.replicate(np.asarray(act))
+          masks[act] = population.place(np.asarray(act), self._mesh, population.MEMBER_SPEC)
         index = [o[min(i, len(o) - 1)] for o in orders]
         batch = stack([pipeline.host_batch(d, ix) for d, ix in zip(datas, index)])
-        st, m = step_fn(st, _shard_lanes(batch), keys, masks[act])
+        st, m = step_fn(st, population.place(batch, self._mesh, population.MEMBER_BATCH_SPEC),
+                        keys, lrs, masks[act])
         history.append((act, m))
     lanes = unstack(parallel.to_host(st), self.lanes)
     acts = np.asarray([a for a, _ in history], np.float64)

@@ -21,8 +21,8 @@ that seed (``rows_k`` the included rows in order):
 
 Members with different subset sizes take different numbers of steps per epoch: every member runs
 the longest member's step count, and a member with no batch left keeps its state unchanged
-(``jnp.where`` over the whole state), as the stacked SISA trainer (:mod:`mu_jax.sisa.train`) does
-with its shards. The learning rate is a value in the optimizer state
+(``jnp.where`` over the whole state). SISA's stacked shards (:mod:`mu_jax.sisa.train`) train
+through this module's step too. The learning rate is a value in the optimizer state
 (:func:`mu_jax.training.state.traced_optimizer`, torch's SGD),
 written at the start of each epoch, so members with different step counts and learning rates
 share one program and epoch-indexed decays are applied exactly.
