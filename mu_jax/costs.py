@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 
@@ -83,6 +83,19 @@ class Ledger:
       row["evaluation"] = after["evaluation"] - before["evaluation"]
       row["other"] = row["wall"] - row["compile"] - row["evaluation"] - row["train"]
       self.rows.append(row)
+
+  def run(self, name: str, done: bool, work: Callable[[], Mapping[str, Any]]
+          ) -> tuple[Mapping[str, Any], float]:
+    """Runs one stage's ``work`` (returning its done.json) as ledger stage ``name``.
+
+    Its ``wall_s`` counts as training only when this call did the work (``done`` is whether the
+    stage had finished before). Returns the record and this call's seconds.
+    """
+    with self.stage(name) as cost:
+      t = time.perf_counter()
+      rec = work()
+      cost["train"] = 0.0 if done else rec["wall_s"]
+    return rec, time.perf_counter() - t
 
   def table(self) -> str:
     return format_table(self.as_json())

@@ -79,6 +79,30 @@ def method_bars(path: str, rows: Sequence[Mapping[str, Any]]) -> str:
   return path
 
 
+def sweep_candidates(path: str, method: str, candidates: Sequence[Mapping[str, Any]],
+                     criterion: str, chosen: Mapping[str, Any]) -> str:
+  """A sweep's criterion against each hyperparameter it varied (log axis for positive values),
+  one panel per hyperparameter, the chosen candidate marked."""
+  names = sorted({k for c in candidates for k in c["hparams"]})
+  fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.2), squeeze=False)
+  for ax, name in zip(axes[0], names):
+    xs = np.asarray([c["hparams"][name] for c in candidates], np.float64)
+    ys = np.asarray([c[criterion] for c in candidates], np.float64)
+    ax.scatter(xs, ys, s=18)
+    ax.scatter([chosen[name]], [ys[[c["hparams"] == dict(chosen) for c in candidates]][0]],
+               s=80, facecolors="none", edgecolors="C3", label="chosen")
+    if np.all(xs > 0):
+      ax.set_xscale("log")
+    ax.set_xlabel(name)
+    ax.set_ylabel(f"{criterion} ({'higher' if criterion == 'tow' else 'lower'} is better)")
+    ax.set_title(method, fontsize=9)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
 def write_plots(directory: str, outputs, rows) -> list[str]:
   os.makedirs(directory, exist_ok=True)
   return [loss_histograms(os.path.join(directory, "loss_histograms.png"), outputs),

@@ -22,7 +22,9 @@ from mu_jax.evaluation import attacks, columns, distances, metrics, mia, populat
 Outputs = Mapping[str, Mapping[str, np.ndarray]]
 
 
-def _accuracy(out: Mapping[str, np.ndarray], task: str, k: int = 1) -> float:
+def accuracy(out: Mapping[str, np.ndarray], task: str, k: int = 1) -> float:
+  """Top-k accuracy of one split's outputs ({"logits", "label"}); multi-label: per-attribute
+  accuracy (k = 1 only); nan for an empty split."""
   if len(out["label"]) == 0:
     return float("nan")
   if task == "multilabel":
@@ -53,8 +55,8 @@ def model_row(name: str, outputs: Outputs, task: str, *, retrained: Outputs | No
   row: dict[str, Any] = {"model": name}
   for s in ("test", "forget", "retain", "unseen", "train"):
     if s in outputs:
-      row[f"{s}_acc"] = _accuracy(outputs[s], task)
-  row["test_top2_acc"] = _accuracy(outputs["test"], task, k=2)
+      row[f"{s}_acc"] = accuracy(outputs[s], task)
+  row["test_top2_acc"] = accuracy(outputs["test"], task, k=2)
   ref = mia.reference_mia(outputs["forget"]["loss"], outputs["unseen"]["loss"])
   row["mia_attack_acc"] = ref["mia_attack_acc"]
   row["mia_forgetting_score"] = ref["mia_forgetting_score"]
@@ -79,7 +81,7 @@ def model_row(name: str, outputs: Outputs, task: str, *, retrained: Outputs | No
     splits = ("forget", "retain", "test")
     if all(s in outputs and s in retrained for s in splits):
       row["tow"] = population.tow(*(row[f"{s}_acc"] for s in splits),
-                                  *(_accuracy(retrained[s], task) for s in splits))
+                                  *(accuracy(retrained[s], task) for s in splits))
     for s in ("forget", "test"):
       row[f"kl_to_retrained_{s}"] = distances.kl_divergence(outputs[s]["logits"], retrained[s]["logits"], task)
       row[f"js_to_retrained_{s}"] = distances.js_divergence(outputs[s]["logits"], retrained[s]["logits"], task)

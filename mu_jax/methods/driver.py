@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from tqdm.auto import tqdm
 
 from mu_jax import checkpoints, parallel
 from mu_jax.data import pipeline
@@ -472,7 +473,7 @@ def _stack(trees: list[Any]) -> Any:
 
 def run_stacked(unlearner: Unlearner | Sequence[Unlearner], states: TrainState,
                 data: Sequence[Mapping[str, Examples]], config: RunConfig, *,
-                member_shards: int = 1) -> StackedResult:
+                member_shards: int = 1, progress: str | None = None) -> StackedResult:
   """Runs ``unlearner`` on K members at once: one compiled program per step kind for all of them.
 
   Member k runs exactly what :func:`run_detailed` would run from ``states[k]`` on ``data[k]``
@@ -492,6 +493,7 @@ def run_stacked(unlearner: Unlearner | Sequence[Unlearner], states: TrainState,
     member_shards: groups of devices the members are split over
       (:func:`mu_jax.parallel.member_mesh`); each member's batch is split over the devices of its
       group, so the batch size must be a multiple of that group's size.
+    progress: a label: show a progress bar over the stacked steps of every epoch (None: none).
 
   Returns:
     A :class:`StackedResult`.
@@ -565,6 +567,10 @@ def run_stacked(unlearner: Unlearner | Sequence[Unlearner], states: TrainState,
   halted = on_members(np.zeros(lanes, bool))
   stopped_before = np.zeros(lanes, bool)
   t0, compile_s = time.time(), 0.0
+  bar = tqdm(total=sum(max(len(member_plans[k]) for member_plans in plans)
+                       for k in range(len(epochs))),
+             desc=f"{progress}: {k_all} members", disable=True if progress is None else None,
+             leave=False)
   for k, (phase, e) in enumerate(epochs):
     batches = [_materialize(member_plans[k], d, phase.stream)
                for member_plans, d in zip(plans, data)]
@@ -592,11 +598,13 @@ def run_stacked(unlearner: Unlearner | Sequence[Unlearner], states: TrainState,
       for m in np.flatnonzero(active & ~stopped_before):
         examples[m] += _count(step_batches[m])
       done += active
+      bar.update(1)
     if phase.after is not None and e == phase.epochs - 1:
       # A member that had stopped before this epoch skips it, as run_detailed stops its loop.
       state, aux = _compile_stacked_after(phase.after, mesh)(state, aux, info_at(k),
                                                              stopped_before | ~real)
     stopped_before = np.asarray(parallel.to_host(halted))
+  bar.close()
   first = lambda tree: jax.tree.map(lambda x: np.asarray(x)[:k_all], parallel.to_host(tree))  # noqa: E731
   return StackedResult(first(state), first(aux), first(halted), done[:k_all], examples[:k_all],
                        time.time() - t0 - compile_s, compile_s)

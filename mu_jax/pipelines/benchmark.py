@@ -13,14 +13,13 @@ section adds the population columns (U-LiRA, the NeurIPS 2023 forget score;
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Callable, Sequence
 
 from mu_jax import checkpoints, costs, parallel
 from mu_jax import experiment as engine
 from mu_jax.evaluation import columns, plots, report
 from mu_jax.methods.registry import Method
-from mu_jax.pipelines import population, seeds as seeds_lib
+from mu_jax.pipelines import population, seeds as seeds_lib, sweep
 
 
 def evaluate_stages(exp: engine.Experiment, stages: Sequence[engine.Stage], *,
@@ -85,29 +84,29 @@ def run_seed(config: dict[str, Any], workdir: str, methods: str | Sequence[str],
     exp = engine.Experiment.create(config, workdir, methods=methods, overwrite=overwrite,
                                    check=check)
   for stage in engine.TRAINED:
-    with ledger.stage(stage) as cost:
-      t = time.time()
-      fresh = not exp.trained_stage(stage).done
-      rec = exp.train_stage(stage, progress=progress)
-      cost["train"] = rec["wall_s"] if fresh else 0.0
+    rec, call_s = ledger.run(stage, exp.trained_stage(stage).done,
+                             lambda s=stage: exp.train_stage(s, progress=progress))
     log(f"{stage:>16}: {rec['examples']:>8,} examples, {rec['wall_s']:7.1f} s training "
-        f"({time.time() - t:.1f} s this call)")
+        f"({call_s:.1f} s this call)")
   stages = []
   for method in exp.selected:
-    with ledger.stage(method.name) as cost:
-      t = time.time()
-      fresh = not exp.method_stage(method).done
-      rec = exp.unlearn_stage(method)
-      cost["train"] = rec["wall_s"] if fresh else 0.0
+    rec, call_s = ledger.run(method.name, exp.method_stage(method).done,
+                             lambda m=method: exp.unlearn_stage(m))
     stages.append(exp.method_stage(method))
     s = rec["evaluation"]
     log(f"{method.name:>16}: forget {s['forget_acc']:.3f} retain {s['retain_acc']:.3f} "
         f"test {s['test_acc']:.3f} attack {s['mia_attack_acc']:.3f} "
-        f"{rec['wall_s']:6.1f} s ({time.time() - t:.1f} s this call)"
+        f"{rec['wall_s']:6.1f} s ({call_s:.1f} s this call)"
         + ("  [stopped: non-finite loss]" if rec.get("halted") else ""))
+  tuned = sweep.tuned_stages(exp, exp.selected)
   n_boot = int(exp.config.get("eval", {}).get("bootstrap", 200))
   with ledger.stage("evaluation"):
-    rows, outputs = evaluate_stages(exp, stages, n_bootstrap=n_boot)
+    rows, outputs = evaluate_stages(exp, stages + tuned, n_bootstrap=n_boot)
+  # A method's tuned values run as its own stage (experiments.sweep), or as the default one when
+  # the sweep chose the defaults: its row appears twice, the second named "<name> (tuned)".
+  first = len(engine.TRAINED) + len(stages)  # rows: original, retrained, stages, tuned, sisa
+  for r in rows[first:first + len(tuned)]:
+    r["model"] = f"{r['model']} (tuned)"
   if population.Settings.from_config(exp.config) is not None:
     with ledger.stage("populations") as cost:
       cost["train"] = population.add_columns(exp, rows, exp.selected, progress=progress, log=log)

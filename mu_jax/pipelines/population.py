@@ -418,7 +418,8 @@ def unlearn_members(method: Method | Sequence[Method], states: Any,
   unlearners = ([method.create()] * len(data) if isinstance(method, Method)
                 else [m.create() for m in method])
   try:
-    return driver.run_stacked(unlearners, states, data, run_cfg, member_shards=member_shards)
+    return driver.run_stacked(unlearners, states, data, run_cfg, member_shards=member_shards,
+                              progress=label if progress else None)
   except driver.NotStackable as e:
     log(f"{unlearners[0].name:>24}: {e}")
   runs = [driver.run_detailed(unlearners[k], trainer.member(states, k), d, run_cfg)
@@ -449,14 +450,16 @@ def add_columns(exp: engine.Experiment, rows: list[dict[str, Any]], methods: Seq
     return 0.0
   runner = Runner(exp, settings, progress=progress, log=log)
   log(runner.plan(methods))
-  by_stage = {r.get("stage"): r for r in rows}
-  by_stage[exp.trained_stage("original").rel].update(runner.original_columns())
-  by_stage[exp.trained_stage("retrained").rel].update(runner.retrained_columns())
+  def update(stage: engine.Stage, cols: Mapping[str, Any]) -> None:
+    for r in rows:  # a stage may have two rows (a method and its tuned values, when equal)
+      if r.get("stage") == stage.rel:
+        r.update(cols)
+
+  update(exp.trained_stage("original"), runner.original_columns())
+  update(exp.trained_stage("retrained"), runner.retrained_columns())
   for m in methods:
     cols = runner.unlearn(m)
-    row = by_stage.get(exp.method_stage(m).rel)
-    if row is not None:
-      row.update(cols)
+    update(exp.method_stage(m), cols)
     log(f"{m.name:>24}: U-LiRA AUC {cols['ulira_auc']:.3f} acc {cols['ulira_acc']:.3f}, "
         f"forget score {cols['forget_score']:.3f}")
   return runner.train_s

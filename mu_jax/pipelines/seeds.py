@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -192,21 +191,14 @@ def run(exp: engine.Experiment, seeds: int, *, ledger: costs.Ledger, progress: b
   """
   runner = Runner(exp, seeds, progress=progress, log=log)
   for recipe in engine.TRAINED:
-    with ledger.stage(f"{recipe} ({seeds} seeds)") as cost:
-      t = time.time()
-      fresh = not runner.trained_stage(recipe).done
-      rec = runner.trained(recipe)
-      cost["train"] = rec["wall_s"] if fresh else 0.0
-    log(f"{recipe:>16}: {seeds} models, {rec['wall_s']:7.1f} s training "
-        f"({time.time() - t:.1f} s this call)")
+    rec, call_s = ledger.run(f"{recipe} ({seeds} seeds)", runner.trained_stage(recipe).done,
+                             lambda r=recipe: runner.trained(r))
+    log(f"{recipe:>16}: {seeds} models, {rec['wall_s']:7.1f} s training ({call_s:.1f} s this call)")
   for method in exp.selected:
-    with ledger.stage(method.name) as cost:
-      t = time.time()
-      fresh = not runner.method_stage(method).done
-      rec = runner.unlearn(method)
-      cost["train"] = rec["wall_s"] if fresh else 0.0
+    rec, call_s = ledger.run(method.name, runner.method_stage(method).done,
+                             lambda m=method: runner.unlearn(m))
     log(f"{method.name:>16}: {seeds} models, {rec['wall_s']:6.1f} s unlearning "
-        f"({time.time() - t:.1f} s this call)" +
+        f"({call_s:.1f} s this call)" +
         (f"  [{sum(rec['halted'])} stopped: non-finite loss]" if any(rec["halted"]) else ""))
   ecfg = exp.config.get("eval", {})
   with ledger.stage("evaluation"):
