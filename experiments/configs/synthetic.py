@@ -9,9 +9,9 @@ Run:
 experiments.sweep tunes each method's learning rate (5 candidates, config.sweep) on 22 validation
 persons drawn from retain and runs the chosen values as "<name> (tuned)" stages;
 experiments.benchmark on the same workdir then prints default and tuned rows side by side. On a 2-core AMD EPYC without
-AVX-512, from an empty workdir and compilation cache, the sweep command took 8 min 10 s (both
-models, the validation reference, 20 candidates, 4 tuned runs; peak RSS 3.0 GB), measured with a
-grid of the same size at 0.1-10× each default rate; with :runlocal 1 min 24 s.
+AVX-512, from an empty workdir and compilation cache, the sweep command took 8 min 57 s (both
+models, the validation reference, 20 candidates, 4 tuned runs; peak RSS 3.0 GB); with :runlocal
+2 min 11 s.
 
 Variants (comma-separated after the colon):
   runlocal        tiny: 60 persons × 6 images at 16×16, a small CNN, 8 epochs (a smoke test: its
