@@ -525,6 +525,13 @@ class Experiment:
     """``config.model.checkpoint``: a PyTorch checkpoint the original model is imported from."""
     return str(self.config["model"].get("checkpoint") or "")
 
+  @property
+  def data_identity(self) -> dict[str, Any]:
+    """What every model stage of this workdir shares: task, data manifest hash, data config and
+    model config (the identities of trained, population, seed and validation stages add to it)."""
+    return {"task": self.task.name, "manifest": self.workdir.manifest.content_hash,
+            "data": self.config["data"], "model": self.model_identity}
+
   def trained_stage(self, stage: str) -> Stage:
     """The ``original`` or ``retrained`` stage of this config.
 
@@ -533,8 +540,7 @@ class Experiment:
     """
     if stage not in TRAINED:
       raise ValueError(f"stage must be one of {TRAINED}, got {stage!r}")
-    identity = {"task": self.task.name, "manifest": self.workdir.manifest.content_hash,
-                "data": self.config["data"], "model": self.model_identity}
+    identity = self.data_identity
     if stage == "original" and self.imported_checkpoint:
       return self.workdir.stage(stage, stage, {**identity, "imported": self.import_record()})
     return self.workdir.stage(stage, stage, {

@@ -180,9 +180,7 @@ class Runner:
   def population_stage(self, population: str) -> engine.Stage:
     exp, s = self.exp, self.settings
     recipe = "retrained" if population == "retrained" else "original"
-    identity = {"task": exp.task.name, "manifest": exp.workdir.manifest.content_hash,
-                "data": exp.config["data"], "model": exp.model_identity,
-                "train": dataclasses.asdict(exp.train_config(recipe)),
+    identity = {**exp.data_identity, "train": dataclasses.asdict(exp.train_config(recipe)),
                 "seeds": s.seeds(population), "convolution": s.convolution}
     if population == "ulira":
       identity["pool"] = {"persons": self.pool.names, "included": self.pool.included.tolist()}

@@ -71,8 +71,7 @@ class Runner:
   def trained_stage(self, recipe: str) -> engine.Stage:
     exp = self.exp
     return exp.workdir.stage("seeds", recipe, {
-        "task": exp.task.name, "manifest": exp.workdir.manifest.content_hash,
-        "data": exp.config["data"], "model": exp.model_identity, "seeds": self.seeds,
+        **exp.data_identity, "seeds": self.seeds,
         "train": dataclasses.asdict(exp.train_config(recipe))}, group=GROUP)
 
   def method_stage(self, method: Method) -> engine.Stage:

@@ -145,8 +145,7 @@ class Runner:
   def validation_stage(self) -> engine.Stage:
     exp = self.exp
     return exp.workdir.stage("sweep_validation", "validation", {
-        "task": exp.task.name, "manifest": exp.workdir.manifest.content_hash,
-        "data": exp.config["data"], "model": exp.model_identity, "seed": exp.seed,
+        **exp.data_identity, "seed": exp.seed,
         "train": dataclasses.asdict(exp.train_config("retrained")), "persons": self.persons},
         group=GROUP)
 
