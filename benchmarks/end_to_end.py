@@ -4,10 +4,11 @@
       --compare=733140e --out=/tmp/e2e.json
 
 Each run is a subprocess in a new workdir. "Cold" runs with an empty ``$XDG_CACHE_HOME`` (no
-compiled programs, no native kernels: they are built first), "warm" runs the same command again
-with the cache the cold run left. With ``--compare=REV`` the same command runs from a git worktree
-of REV (made under the scratch directory) and the four runs interleave (REV cold, this tree cold,
-REV warm, this tree warm), so the ratios compare one machine at one time. The current tree's stage
+compiled programs, no native kernels: they are built first where used), "warm" runs the same
+command again with the cache the cold run left. With ``--compare=REV`` the same command runs from a
+git worktree of REV (made under the scratch directory) and the four runs interleave (REV cold, this
+tree cold, REV warm, this tree warm), so the ratios compare one machine at one time;
+``--nocompare_warm`` leaves out REV's warm run. The current tree's stage
 breakdown (compile, training, evaluation and other seconds, ``results/costs.json``) is printed
 from its cold and warm runs. Prints a table and writes JSON.
 """
@@ -31,6 +32,8 @@ _COMPARE = flags.DEFINE_string("compare", None, "A git revision to time side by 
 _SCRATCH = flags.DEFINE_string("scratch", None, "Where workdirs, caches and the worktree go "
                                "(default: a new temporary directory, removed at the end).")
 _OUT = flags.DEFINE_string("out", None, "Where to write the JSON.")
+_COMPARE_WARM = flags.DEFINE_bool("compare_warm", True, "Also run REV warm (--nocompare_warm: "
+                                  "REV cold only, for configs whose runs take long).")
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,6 +71,8 @@ def main(argv):
     runs = []
     for phase in ("cold", "warm"):
       for name, tree in trees.items():
+        if phase == "warm" and name != "this tree" and not _COMPARE_WARM.value:
+          continue
         label = f"{name.replace(' ', '_')}_{phase}"
         runs.append(dict(_run(tree, label, os.path.join(scratch, f"cache_{name}".replace(" ", "_")),
                               scratch), tree=name, phase=phase))
@@ -79,10 +84,10 @@ def main(argv):
   wall = {(r["tree"], r["phase"]): r["wall_s"] for r in runs}
   print(f"\n{'revision':>12} {'cold s':>8} {'warm s':>8} {'warm/cold':>9}")
   for name in trees:
-    c, w = wall[(name, "cold")], wall[(name, "warm")]
+    c, w = wall[(name, "cold")], wall.get((name, "warm"), float("nan"))
     print(f"{name:>12} {c:8.1f} {w:8.1f} {w / c:9.2f}")
   if _COMPARE.value:
-    for phase in ("cold", "warm"):
+    for phase in ("cold", "warm") if _COMPARE_WARM.value else ("cold",):
       print(f"{phase}: {_COMPARE.value} / this tree = "
             f"{wall[(_COMPARE.value, phase)] / wall[('this tree', phase)]:.2f}x")
   for r in runs:

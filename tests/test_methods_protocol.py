@@ -302,3 +302,29 @@ def test_learning_rates_and_methods_of_one_step_kind_share_one_compiled_step():
     gap = max(float(np.abs(a - b).max())
               for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)))
     assert gap > 1e-6, (first.name, second.name)
+
+
+def test_augmentation_is_one_program_shared_by_every_step_and_changes_no_value():
+  """The compiled phases run the augmentation as its own program (parallel.Prepared): a single
+  stream and both halves of a pair go through one executable per batch shape, and the two programs
+  give what the one-program step (augmentation inside) gives."""
+  from mu_jax.training import steps  # pylint: disable=import-outside-toplevel
+  prepare = steps.compiled_prepare(True)
+  before = prepare._cache_size()  # pylint: disable=protected-access
+  R, S = parallel.REPLICATED, parallel.SHARDED
+  for name in ("finetune", "random_labels"):  # a single stream; a pair (forget and retain halves)
+    u, state, aux, phases, data = _prepared(name, **_BEHAVIOUR[name][0])
+    phase = phases[0]
+    assert phase.augment
+    batch = _batch(phase.stream, data, 16)
+    args = (*parallel.replicate((state, aux)), parallel.shard(batch), jax.random.key(3),
+            driver.step_info(u, progress=0.2), parallel.replicate(np.bool_(False)))
+    one = parallel.data_parallel(driver.guarded(phase.step, True), in_specs=(R, R, S, R, R, R),
+                                 out_specs=(R, R, R, R))
+    two = driver._compile_phase(phase.step, True)  # pylint: disable=protected-access
+    assert isinstance(two, parallel.Prepared)
+    chex.assert_trees_all_close(parallel.to_host(two.lower(*args).compile()(*args)),
+                                parallel.to_host(one(*args)), rtol=1e-6, atol=1e-7)
+  # Both methods' batches (16 rows of the tiny images) ran through one augmentation executable (made
+  # here, or by an earlier test of this process).
+  assert prepare._cache_size() - before <= 1  # pylint: disable=protected-access

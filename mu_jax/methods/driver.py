@@ -30,7 +30,7 @@ from mu_jax import checkpoints, parallel
 from mu_jax.data import pipeline
 from mu_jax.data.splits import Examples, FaceDataset
 from mu_jax.methods.base import Spec, Unlearner
-from mu_jax.training import evaluate
+from mu_jax.training import evaluate, steps
 from mu_jax.training.population import MEMBER_BATCH_SPEC, MEMBER_SPEC, place
 from mu_jax.training.state import TrainState
 
@@ -195,23 +195,36 @@ def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
-def guarded(step, augment: bool):
-  """Wraps a method step: float/augmented images in, the previous state kept on a non-finite loss."""
+def prepare_batch(batch: Any, rng: jax.Array, augment: bool) -> Any:
+  """A phase batch's images as float, augmented when ``augment``: a single stream's with
+  ``fold_in(aug, 0)``, a pair's forget and retain halves with ``fold_in(aug, 0)`` and
+  ``fold_in(aug, 1)``, where ``aug`` is the first half of ``split(rng)`` (the step gets the
+  second)."""
+  aug_rng = jax.random.split(rng)[0]
 
-  def prep(batch, rng, salt):
-    images = pipeline.to_float(batch["image"])
+  def one(b, salt):
+    images = pipeline.to_float(b["image"])
     if augment:
-      images = pipeline.augment(jax.random.fold_in(rng, salt), images,
+      images = pipeline.augment(jax.random.fold_in(aug_rng, salt), images,
                                 parallel.global_index(images.shape[0]))
-    return {**batch, "image": images}
+    return {**b, "image": images}
+
+  if "forget" in batch:
+    return {"forget": one(batch["forget"], 0), "retain": one(batch["retain"], 1)}
+  return one(batch, 0)
+
+
+def guarded(step, augment: bool):
+  """Wraps a method step: float/augmented images in, the previous state kept on a non-finite loss.
+
+  The compiled phases run the augmentation as a program of its own (:func:`prepare_batch`, then
+  ``guarded(step, False)``, whose float images pass unchanged); ``guarded(step, True)`` is the
+  same computation as one program.
+  """
 
   def wrapped(state, aux, batch, rng, info, halted):
-    aug_rng, step_rng = jax.random.split(rng)
-    if "forget" in batch:
-      batch = {"forget": prep(batch["forget"], aug_rng, 0), "retain": prep(batch["retain"], aug_rng, 1)}
-    else:
-      batch = prep(batch, aug_rng, 0)
-    new_state, new_aux, metrics = step(state, aux, batch, step_rng, info)
+    batch = prepare_batch(batch, rng, augment)
+    new_state, new_aux, metrics = step(state, aux, batch, jax.random.split(rng)[1], info)
     finite = jnp.isfinite(metrics["loss"]) & _all_finite(new_state.params)
     ok = finite & ~halted
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
@@ -220,11 +233,35 @@ def guarded(step, augment: bool):
   return wrapped
 
 
+def _with_prepared(step_program, prepare) -> parallel.Prepared:
+  """``step_program(state, aux, batch, rng, ...)`` fed the batch ``prepare(batch, rng)`` makes."""
+  return parallel.Prepared(prepare, step_program, lambda a: (a[2], a[3]),
+                           lambda a, batch: (*a[:2], batch, *a[3:]))
+
+
+@jax.jit
+def _augment_keys(rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+  aug_rng = jax.random.split(rng)[0]
+  return jax.random.fold_in(aug_rng, 0), jax.random.fold_in(aug_rng, 1)
+
+
+def _prepare(batch: Any, rng: jax.Array) -> Any:
+  """:func:`prepare_batch` with ``augment=True`` through the one augmentation program of
+  :func:`mu_jax.training.steps.compiled_prepare` (a pair's halves are two calls)."""
+  program = steps.compiled_prepare(True)
+  keys = _augment_keys(rng)
+  one = lambda b, key: {**b, "image": program(b["image"], key)}
+  if "forget" in batch:
+    return {"forget": one(batch["forget"], keys[0]), "retain": one(batch["retain"], keys[1])}
+  return one(batch, keys[0])
+
+
 @functools.lru_cache(maxsize=256)
 def _compile_phase(step, augment: bool):
   R, S = parallel.REPLICATED, parallel.SHARDED
-  return parallel.data_parallel(guarded(step, augment), in_specs=(R, R, S, R, R, R),
-                                out_specs=(R, R, R, R))
+  program = parallel.data_parallel(guarded(step, False), in_specs=(R, R, S, R, R, R),
+                                   out_specs=(R, R, R, R))
+  return _with_prepared(program, _prepare) if augment else program
 
 
 @functools.lru_cache(maxsize=256)
@@ -434,7 +471,7 @@ def _compile_stacked(step, augment: bool, mesh: jax.sharding.Mesh):
   Arguments: states, aux, batches [K, B, ...], rng (shared), info (per member), halted [K] and
   active [K]; an inactive member (its epoch has no batch left) keeps its state.
   """
-  one = guarded(step, augment)
+  one = guarded(step, False)
 
   def member(state, aux, batch, rng, info, halted, active):
     new_state, new_aux, metrics, new_halted = one(state, aux, batch, rng, info, halted)
@@ -445,8 +482,17 @@ def _compile_stacked(step, augment: bool, mesh: jax.sharding.Mesh):
   M, B, R = MEMBER_SPEC, MEMBER_BATCH_SPEC, jax.sharding.PartitionSpec()
   stacked = jax.vmap(member, in_axes=(0, 0, 0, None, 0, 0, 0))
   # check_vma=False: the steps use plain lax.pmean over the data axis (as parallel.data_parallel).
-  return jax.jit(jax.shard_map(stacked, mesh=mesh, in_specs=(M, M, B, R, M, M, M),
-                               out_specs=(M, M, M, M), check_vma=False))
+  program = jax.jit(jax.shard_map(stacked, mesh=mesh, in_specs=(M, M, B, R, M, M, M),
+                                  out_specs=(M, M, M, M), check_vma=False))
+  return _with_prepared(program, _stacked_prepare_program(mesh)) if augment else program
+
+
+@functools.lru_cache(maxsize=None)
+def _stacked_prepare_program(mesh: jax.sharding.Mesh):
+  """:func:`prepare_batch` of every member's batch [K, B, ...] with the shared key."""
+  prepare = jax.vmap(functools.partial(prepare_batch, augment=True), in_axes=(0, None))
+  return jax.jit(jax.shard_map(prepare, mesh=mesh, in_specs=(MEMBER_BATCH_SPEC, jax.sharding.PartitionSpec()),
+                               out_specs=MEMBER_BATCH_SPEC, check_vma=False))
 
 
 @functools.lru_cache(maxsize=256)

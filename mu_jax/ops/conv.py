@@ -188,7 +188,7 @@ def plan_for(x_shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
     from mu_jax import runtime  # pylint: disable=import-outside-toplevel
     eigen_convolutions = runtime.EIGEN_CONVOLUTIONS
   if direct is None:
-    direct = native.available() and native.wide_vectors()
+    direct = not native.lacks_wide_vectors() and native.available() and native.wide_vectors()
   plan = _plan_without_direct(x_shape, kernel_shape, stride, eigen_convolutions)
   h, w, ci = x_shape[1], x_shape[2], x_shape[3]
   if not direct or _tiny(x_shape, kernel_shape):

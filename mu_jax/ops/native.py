@@ -87,6 +87,16 @@ def _cpu_signature() -> str:
     return platform.machine() + platform.processor()
 
 
+def lacks_wide_vectors() -> bool:
+  """True when Linux lists the CPU's x86 flags and AVX-512F is not among them.
+
+  The kernels are used only where they were built with AVX-512 (:func:`wide_vectors`), so on such
+  a CPU the plans need not build them to find that out (a cold start saves the compiler's seconds).
+  """
+  flags = [l for l in _cpu_signature().splitlines() if l.startswith("flags")]
+  return bool(flags) and not any("avx512f" in l.split() for l in flags)
+
+
 def library_path(cxx: str) -> pathlib.Path:
   """The cache file for this source, compiler, jaxlib and CPU."""
   version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout

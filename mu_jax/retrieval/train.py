@@ -58,11 +58,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
 
 @functools.lru_cache(maxsize=None)
 def compiled_train_step(augment: bool) -> Callable[..., Any]:
-  """The data-parallel margin step (state donated)."""
-  return parallel.data_parallel(
-      functools.partial(train_step, augment=augment),
+  """The data-parallel margin step (state donated), its images prepared by their own program."""
+  step = parallel.data_parallel(
+      functools.partial(train_step, augment=False),
       in_specs=(parallel.REPLICATED, parallel.SHARDED, parallel.REPLICATED),
       out_specs=(parallel.REPLICATED, parallel.REPLICATED), donate_argnums=(0,))
+  return steps.prepared(step, augment)
 
 
 def fit(model: model_lib.EmbeddingNet, train: Examples, cfg: fitlib.TrainConfig, *, seed: int,

@@ -177,16 +177,34 @@ def stacked_eval_step(variables: dict[str, Any], batch: steps.Batch, *, apply_fn
     return jax.vmap(one)(variables)
 
 
+def stacked_prepare(images: jax.Array, keys: jax.Array, member_steps: jax.Array, *,
+                    augment: bool) -> jax.Array:
+  """Every member's images of one stacked step, as :func:`stacked_train_step` would augment them
+  (member m keyed by ``fold_in(keys[m], member_steps[m])``)."""
+
+  def one(x, key, step):
+    return steps.prepare_images({"image": x}, jax.random.fold_in(jax.random.wrap_key_data(key),
+                                                                 step), augment)
+
+  return jax.vmap(one)(images, keys, member_steps)
+
+
 @functools.lru_cache(maxsize=None)
 def compiled_train_step(task: str, augment: bool, convolution: str, mesh: Mesh
                         ) -> Callable[..., Any]:
-  """The stacked step over a member mesh (states donated): one program for the whole population."""
-  fn = functools.partial(stacked_train_step, task=task, augment=augment, convolution=convolution)
+  """The stacked step over a member mesh (states donated): one program for the whole population,
+  its images prepared by a program of their own (:class:`mu_jax.parallel.Prepared`)."""
+  fn = functools.partial(stacked_train_step, task=task, augment=False, convolution=convolution)
   # check_vma=False: the per-device step uses plain lax.pmean over the data axis (as parallel.py).
   mapped = jax.shard_map(fn, mesh=mesh, in_specs=(MEMBER_SPEC, MEMBER_BATCH_SPEC, MEMBER_SPEC,
                                                   MEMBER_SPEC, MEMBER_SPEC),
                          out_specs=(MEMBER_SPEC, MEMBER_SPEC), check_vma=False)
-  return jax.jit(mapped, donate_argnums=(0,))
+  prepare = jax.jit(jax.shard_map(functools.partial(stacked_prepare, augment=augment), mesh=mesh,
+                                  in_specs=(MEMBER_BATCH_SPEC, MEMBER_SPEC, MEMBER_SPEC),
+                                  out_specs=MEMBER_BATCH_SPEC, check_vma=False))
+  return parallel.Prepared(prepare, jax.jit(mapped, donate_argnums=(0,)),
+                           lambda a: (a[1]["image"], a[2], a[0].step),
+                           lambda a, images: (a[0], {**a[1], "image": images}, *a[2:]))
 
 
 @functools.lru_cache(maxsize=None)

@@ -67,12 +67,33 @@ def eval_step(state: TrainState, batch: Batch, *, task: str) -> dict[str, jax.Ar
 
 
 @functools.lru_cache(maxsize=None)
+def compiled_prepare(augment: bool) -> Callable[..., Any]:
+  """``(images, key) -> float images``: :func:`prepare_images` as its own data-parallel program.
+
+  Shared by every step of the same batch shape (:class:`mu_jax.parallel.Prepared`).
+  """
+  return parallel.data_parallel(lambda images, key: prepare_images({"image": images}, key, augment),
+                                in_specs=(parallel.SHARDED, parallel.REPLICATED),
+                                out_specs=parallel.SHARDED)
+
+
+def prepared(step: Callable[..., Any], augment: bool) -> parallel.Prepared:
+  """``step(state, batch, key)`` fed the batch :func:`compiled_prepare` makes with ``key``.
+
+  ``step`` must not augment again (its float images pass :func:`prepare_images` unchanged).
+  """
+  return parallel.Prepared(compiled_prepare(augment), step, lambda a: (a[1]["image"], a[2]),
+                           lambda a, images: (a[0], {**a[1], "image": images}, *a[2:]))
+
+
+@functools.lru_cache(maxsize=None)
 def compiled_train_step(task: str, augment: bool) -> Callable[..., Any]:
-  """The data-parallel train step (state donated)."""
-  return parallel.data_parallel(
-      functools.partial(train_step, task=task, augment=augment),
+  """The data-parallel train step (state donated), its images prepared by their own program."""
+  step = parallel.data_parallel(
+      functools.partial(train_step, task=task, augment=False),
       in_specs=(parallel.REPLICATED, parallel.SHARDED, parallel.REPLICATED),
       out_specs=(parallel.REPLICATED, parallel.REPLICATED), donate_argnums=(0,))
+  return prepared(step, augment)
 
 
 @functools.lru_cache(maxsize=None)
