@@ -45,8 +45,8 @@ forgotten; 30 test and 20 unseen persons), ResNet-18 at width 16 with torchvisio
 momentum 0.9, lr 0.05 ÷10 at epochs 20 and 25, 30 epochs, batch 32. It prints the benchmark table
 (models as rows: accuracies, the reference attack, NoMUS, AUROC, KL to the retrained model, wall
 seconds; README.md shows one). Measured on a 2-core AMD EPYC (no AVX-512), empty compilation
-cache: 11 min 21 s wall for both models and all 16 methods (447 s of it compiling), peak RSS 3.5
-GB. That run printed test accuracy 0.444 and reference-attack accuracy 0.717 for the original
+cache: 10 min 50 s wall for both models and all 16 methods (413 s of it compiling); 4 min 18 s
+with the cache filled. That run printed test accuracy 0.444 and reference-attack accuracy 0.717 for the original
 (chance 0.125 and 0.5), 0.383 and 0.567 for the retrained model; the attack accuracies move by
 several points with the machine and the order of operations of the code version (BUILD_NOTES.md,
 "Measured: the main job on the synthetic faces").

@@ -491,7 +491,8 @@ def _compile_stacked(step, augment: bool, mesh: jax.sharding.Mesh):
 def _stacked_prepare_program(mesh: jax.sharding.Mesh):
   """:func:`prepare_batch` of every member's batch [K, B, ...] with the shared key."""
   prepare = jax.vmap(functools.partial(prepare_batch, augment=True), in_axes=(0, None))
-  return jax.jit(jax.shard_map(prepare, mesh=mesh, in_specs=(MEMBER_BATCH_SPEC, jax.sharding.PartitionSpec()),
+  return jax.jit(jax.shard_map(prepare, mesh=mesh,
+                               in_specs=(MEMBER_BATCH_SPEC, jax.sharding.PartitionSpec()),
                                out_specs=MEMBER_BATCH_SPEC, check_vma=False))
 
 
