@@ -121,7 +121,11 @@ class Prepared:
     self.prepare, self.step, self.select, self.merge = prepare, step, select, merge
 
   def __call__(self, *args: Any) -> Any:
-    return self.step(*self.merge(args, self.prepare(*self.select(args))))
+    return self.run(self.step, *args)
+
+  def run(self, step: Callable[..., Any], *args: Any) -> Any:
+    """``step`` (this step, or its compiled form) on the prepared arguments."""
+    return step(*self.merge(args, self.prepare(*self.select(args))))
 
   def lower(self, *args: Any) -> "_PreparedLowering":
     return _PreparedLowering(self, args)
@@ -136,7 +140,7 @@ class _PreparedLowering:
     fn = self.fn
     # The step is lowered for a prepared batch itself, so it gets the shardings it will see.
     step = fn.step.lower(*fn.merge(self.args, fn.prepare(*fn.select(self.args)))).compile()
-    return lambda *args: step(*fn.merge(args, fn.prepare(*fn.select(args))))
+    return functools.partial(fn.run, step)
 
 
 def compile_timed(fn: Callable[..., Any], *args: Any) -> tuple[Callable[..., Any], float]:

@@ -200,18 +200,18 @@ def prepare_batch(batch: Any, rng: jax.Array, augment: bool) -> Any:
   ``fold_in(aug, 0)``, a pair's forget and retain halves with ``fold_in(aug, 0)`` and
   ``fold_in(aug, 1)``, where ``aug`` is the first half of ``split(rng)`` (the step gets the
   second)."""
-  aug_rng = jax.random.split(rng)[0]
-
-  def one(b, salt):
-    images = pipeline.to_float(b["image"])
-    if augment:
-      images = pipeline.augment(jax.random.fold_in(aug_rng, salt), images,
-                                parallel.global_index(images.shape[0]))
-    return {**b, "image": images}
-
+  keys = augment_keys(rng)
+  one = lambda b, key: {**b, "image": steps.prepare_images(b, key, augment)}
   if "forget" in batch:
-    return {"forget": one(batch["forget"], 0), "retain": one(batch["retain"], 1)}
-  return one(batch, 0)
+    return {"forget": one(batch["forget"], keys[0]), "retain": one(batch["retain"], keys[1])}
+  return one(batch, keys[0])
+
+
+def augment_keys(rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The augmentation keys of a phase step's ``rng``: ``fold_in(aug, 0)`` and ``fold_in(aug, 1)``
+  with ``aug`` the first half of ``split(rng)``."""
+  aug_rng = jax.random.split(rng)[0]
+  return jax.random.fold_in(aug_rng, 0), jax.random.fold_in(aug_rng, 1)
 
 
 def guarded(step, augment: bool):
@@ -239,10 +239,7 @@ def _with_prepared(step_program, prepare) -> parallel.Prepared:
                            lambda a, batch: (*a[:2], batch, *a[3:]))
 
 
-@jax.jit
-def _augment_keys(rng: jax.Array) -> tuple[jax.Array, jax.Array]:
-  aug_rng = jax.random.split(rng)[0]
-  return jax.random.fold_in(aug_rng, 0), jax.random.fold_in(aug_rng, 1)
+_augment_keys = jax.jit(augment_keys)
 
 
 def _prepare(batch: Any, rng: jax.Array) -> Any:

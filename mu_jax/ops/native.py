@@ -87,6 +87,7 @@ def _cpu_signature() -> str:
     return platform.machine() + platform.processor()
 
 
+@functools.cache
 def lacks_wide_vectors() -> bool:
   """True when Linux lists the CPU's x86 flags and AVX-512F is not among them.
 

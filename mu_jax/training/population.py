@@ -203,8 +203,7 @@ def compiled_train_step(task: str, augment: bool, convolution: str, mesh: Mesh
                                   in_specs=(MEMBER_BATCH_SPEC, MEMBER_SPEC, MEMBER_SPEC),
                                   out_specs=MEMBER_BATCH_SPEC, check_vma=False))
   return parallel.Prepared(prepare, jax.jit(mapped, donate_argnums=(0,)),
-                           lambda a: (a[1]["image"], a[2], a[0].step),
-                           lambda a, images: (a[0], {**a[1], "image": images}, *a[2:]))
+                           lambda a: (a[1]["image"], a[2], a[0].step), steps.with_images)
 
 
 @functools.lru_cache(maxsize=None)

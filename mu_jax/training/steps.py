@@ -83,7 +83,12 @@ def prepared(step: Callable[..., Any], augment: bool) -> parallel.Prepared:
   ``step`` must not augment again (its float images pass :func:`prepare_images` unchanged).
   """
   return parallel.Prepared(compiled_prepare(augment), step, lambda a: (a[1]["image"], a[2]),
-                           lambda a, images: (a[0], {**a[1], "image": images}, *a[2:]))
+                           with_images)
+
+
+def with_images(args: tuple, images: jax.Array) -> tuple:
+  """``(state, batch, ...)`` with the batch's images replaced (the merge of the train steps)."""
+  return (args[0], {**args[1], "image": images}, *args[2:])
 
 
 @functools.lru_cache(maxsize=None)
