@@ -22,7 +22,7 @@ import mu_jax
 from mu_jax import runtime
 runtime.configure_cpu()
 print(json.dumps({"flags": os.environ.get("XLA_FLAGS", ""), "eigen": runtime.EIGEN_CONVOLUTIONS,
-                  "kept": runtime.FREED_MEMORY_KEPT}))
+                  "quick": runtime.QUICK_COMPILE, "kept": runtime.FREED_MEMORY_KEPT}))
 """
 
 # Minor page faults of the last of several calls of a jitted function with a 64 MB temporary (a
@@ -85,11 +85,11 @@ def test_configure_cpu_installs_mu_jax_convolutions_behind_the_layers_hook():
   assert _run(code) == {"hook": True}
 
 
-def test_configure_cpu_appends_the_eigen_flag_and_keeps_memory_only_when_asked():
+def test_configure_cpu_appends_its_flags_and_keeps_memory_only_when_asked():
   got = _run(_REPORT)
   assert got["flags"].split() == ["--xla_force_host_platform_device_count=2",
-                                  runtime.EIGEN_CONV_FLAG]
-  assert got["eigen"] is True and got["kept"] is False
+                                  runtime.EIGEN_CONV_FLAG, runtime.QUICK_COMPILE_FLAG]
+  assert got["eigen"] is True and got["quick"] is True and got["kept"] is False
   got = _run(_REPORT, MU_JAX_KEEP_FREED_MEMORY="1")
   assert got["eigen"] is True and got["kept"] is (sys.platform == "linux")
 
@@ -97,16 +97,35 @@ def test_configure_cpu_appends_the_eigen_flag_and_keeps_memory_only_when_asked()
 def test_the_switch_turns_both_settings_off():
   got = _run(_REPORT, MU_JAX_CPU_TUNING="0", MU_JAX_KEEP_FREED_MEMORY="1")
   assert got == {"flags": "--xla_force_host_platform_device_count=2", "eigen": False,
-                 "kept": False}
+                 "quick": False, "kept": False}
 
 
 def test_a_users_own_setting_of_the_flag_is_left_alone():
   own = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
   got = _run(_REPORT, XLA_FLAGS=own)
-  assert got["flags"] == own and got["eigen"] is False
+  assert got["flags"].split() == [own, runtime.QUICK_COMPILE_FLAG] and got["eigen"] is False
   # The same flag given by the user, already routing convolutions to Eigen, is recognised.
   got = _run(_REPORT, XLA_FLAGS=runtime.EIGEN_CONV_FLAG, MU_JAX_CPU_TUNING="0")
   assert got["eigen"] is True
+  got = _run(_REPORT, XLA_FLAGS="--xla_backend_optimization_level=2")
+  assert got["flags"].split() == ["--xla_backend_optimization_level=2", runtime.EIGEN_CONV_FLAG]
+  assert got["quick"] is False
+
+
+def test_the_quick_compile_flag_is_left_out_where_jax_may_run_on_an_accelerator(monkeypatch):
+  monkeypatch.setattr(runtime, "_backends_initialized", lambda: False)
+  monkeypatch.setattr(runtime, "accelerator_plugin_installed", lambda: True)
+  monkeypatch.setenv("XLA_FLAGS", "")
+  monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+  assert runtime.compile_quickly() is False and os.environ["XLA_FLAGS"] == ""
+  # Forced onto the CPU, the flag applies.
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  assert runtime.compile_quickly() is True
+  assert os.environ["XLA_FLAGS"] == runtime.QUICK_COMPILE_FLAG
+  monkeypatch.setattr(runtime, "accelerator_plugin_installed", lambda: False)
+  monkeypatch.setenv("XLA_FLAGS", "")
+  monkeypatch.delenv("JAX_PLATFORMS")
+  assert runtime.compile_quickly() is True
 
 
 def test_a_misspelt_switch_is_refused_naming_the_variable():
@@ -155,6 +174,7 @@ def test_this_test_process_was_configured_as_the_scripts_are():
     pytest.skip(f"{runtime.ENV_SWITCH} switches the tuning off in this environment")
   assert runtime.EIGEN_CONVOLUTIONS
   assert runtime.EIGEN_CONV_FLAG in os.environ["XLA_FLAGS"].split()
+  assert runtime.QUICK_COMPILE is not runtime.accelerator_plugin_installed()
 
 
 _CACHED = """
