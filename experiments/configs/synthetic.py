@@ -15,9 +15,9 @@ models, the validation reference, 20 candidates, 4 tuned runs; peak RSS 3.0 GB);
 
 Variants (comma-separated after the colon):
   runlocal        tiny: 60 persons × 6 images at 16×16, a small CNN, 8 epochs (a smoke test: its
-                  numbers mean little). Measured on the 2-core AMD EPYC (Zen 5, AVX-512) development
-                  machine: experiments.train 17.5 s for both models, experiments.unlearn
-                  --method=all 2 min 30 s for the 16 methods.
+                  numbers mean little). experiments.benchmark with all 16 methods, on a 2-core
+                  AMD EPYC (no AVX-512): 125 s from an empty compilation cache, 58 s with it
+                  filled (BUILD_NOTES.md).
   protocol=paper  forget the first rows of train (like MUFAC's first 1,500) instead of whole persons.
   torchvision     torchvision's ResNet-18 (width 64, ImageNet stem, 8 classes) at 32×32, the shape
                   a PyTorch checkpoint imports into: add --config.model.checkpoint=original.pth
@@ -45,9 +45,9 @@ forgotten; 30 test and 20 unseen persons), ResNet-18 at width 16 with torchvisio
 momentum 0.9, lr 0.05 ÷10 at epochs 20 and 25, 30 epochs, batch 32. It prints the benchmark table
 (models as rows: accuracies, the reference attack, NoMUS, AUROC, KL to the retrained model, wall
 seconds; README.md shows one). Measured on a 2-core AMD EPYC (no AVX-512), empty compilation
-cache: 10 min 50 s wall for both models and all 16 methods (413 s of it compiling); 4 min 18 s
-with the cache filled. That run printed test accuracy 0.444 and reference-attack accuracy 0.717 for the original
-(chance 0.125 and 0.5), 0.383 and 0.567 for the retrained model; the attack accuracies move by
+cache: 8 min 45 s wall for both models and all 16 methods (279 s of it compiling); 4 min 23 s
+with the cache filled. That run printed test accuracy 0.450 and reference-attack accuracy 0.708 for
+the original (chance 0.125 and 0.5), 0.383 and 0.567 for the retrained model; the attack accuracies move by
 several points with the machine and the order of operations of the code version (BUILD_NOTES.md,
 "Measured: the main job on the synthetic faces").
 """
