@@ -19,10 +19,10 @@ allocation):
   Most of a cold run is XLA compiling step programs, and a large share of that is LLVM
   optimising the kernels XLA generates for fusions (the convolutions and matrix products run in
   Eigen and YNNPACK, which are compiled already): step programs compile in 30-40% less time, the
-  random initialisation of a ResNet-18 (60 threefry fusions) in a third. The kernels compute the same operations, but LLVM may
-  order or contract floating-point operations differently, so trained weights can differ by float
-  rounding from those of the default level. Not appended where an accelerator plugin is installed
-  (the same option sets the GPU compiler's LLVM level).
+  random initialisation of a ResNet-18 (60 threefry fusions) in a third. The kernels compute the
+  same operations, but LLVM may order or contract floating-point operations differently, so
+  trained weights can differ by float rounding from those of the default level. Not appended where
+  an accelerator plugin is installed (the same option sets the GPU compiler's LLVM level).
 * **Freed host memory kept for reuse** (opt-in: ``MU_JAX_KEEP_FREED_MEMORY=1``). XLA allocates a
   step's temporaries afresh on every execution; glibc serves large blocks with ``mmap`` and returns
   them with ``munmap``, so every step page-faults its whole working set again (~200k faults per
@@ -38,9 +38,9 @@ allocation):
   (:func:`mu_jax.models.layers.set_convolution`). Without this call the layers run plain
   ``lax.conv_general_dilated`` and ``lax.reduce_window``.
 
-``MU_JAX_CPU_TUNING=0`` in the environment turns the first three off. Whether the flag could still be
-applied is recorded in :data:`EIGEN_CONVOLUTIONS`, which :mod:`mu_jax.ops.conv` reads to choose
-its lowering (the choice depends on which library runs XLA's convolutions).
+``MU_JAX_CPU_TUNING=0`` in the environment turns the first three off. Whether the Eigen flag
+could still be applied is recorded in :data:`EIGEN_CONVOLUTIONS`, which :mod:`mu_jax.ops.conv`
+reads to choose its lowering (the choice depends on which library runs XLA's convolutions).
 Measurements: ``benchmarks/train_step.py`` and BUILD_NOTES.md, "CPU settings".
 """
 
@@ -155,7 +155,8 @@ def accelerator_plugin_installed() -> bool:
 def compile_quickly() -> bool:
   """:func:`append_xla_flag` of :data:`QUICK_COMPILE_FLAG`, unless JAX may run on an accelerator
   (a GPU or TPU plugin installed and ``JAX_PLATFORMS`` not ``cpu``)."""
-  if os.environ.get("JAX_PLATFORMS", "").strip().lower() != "cpu" and accelerator_plugin_installed():
+  forced_cpu = os.environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu"
+  if not forced_cpu and accelerator_plugin_installed():
     return False
   return append_xla_flag(QUICK_COMPILE_FLAG)
 
